@@ -1,0 +1,92 @@
+"""Training throughput and where the time goes: data loading, augmentation, compute.
+
+Runs selfsup's own training loop (``selfsup.train.fit``) for a few steps of a method and reports
+images/s and the split between cutting the uint8 batch (data), building the views on the device
+(augmentation) and forward + backward + optimizer step (compute). All numbers of one invocation
+come from one process, so their ratios are comparable even on a noisy machine.
+
+    python benchmarks/throughput.py                       # SimCLR, ResNet-18 (CIFAR stem), 32 px
+    python benchmarks/throughput.py --width 0.25 --batch-size 256 --steps 20
+    python benchmarks/throughput.py --data ../shared/data/cifar10 --device cuda --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from selfsup.config import load_config
+from selfsup.data.datasets import ArrayDataset
+from selfsup.data.loader import BatchLoader
+from selfsup.train.pretrain import build_method, build_views, load_train_data, pick_device, resolve_normalization
+from selfsup.train.trainer import fit
+
+
+def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    cfg = load_config(config, overrides)
+    device = pick_device(cfg.train.device)
+    ds = load_train_data(cfg) if cfg.data.path != "synthetic" else None
+    if ds is None:
+        g = torch.Generator().manual_seed(0)
+        n = cfg.train.batch_size * 4
+        ds = ArrayDataset(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+                          torch.zeros(n, dtype=torch.long), [], "synthetic")
+    resolve_normalization(cfg, ds)
+    recipe = build_views(cfg)
+    method = build_method(cfg, len(ds)).to(device)
+    if cfg.model.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    loader = BatchLoader(ds, cfg.train.batch_size, seed=0, device=device)
+    cfg.train.epochs = max(1, -(-(steps + warmup) // len(loader)))
+    cfg.train.warmup_epochs = 0
+    cfg.train.max_steps = warmup
+    fit(method, loader, recipe, cfg.train, None, progress=False, profile=True)
+    cfg.train.max_steps = steps
+    t = time.perf_counter()
+    res = fit(method, loader, recipe, cfg.train, None, progress=False, profile=True)
+    wall = time.perf_counter() - t
+    total = sum(res.timing.values())
+    return {
+        "method": cfg.method["name"], "backbone": f"{cfg.model.backbone} x{cfg.model.width} ({cfg.model.stem} stem)",
+        "views": f"{recipe.num_views} x {cfg.views.recipe}", "batch_size": cfg.train.batch_size,
+        "precision": cfg.train.precision, "device": str(device), "steps": res.steps,
+        "images_per_s": round(res.steps * cfg.train.batch_size / total, 1),
+        "wall_s": round(wall, 2),
+        "split": {k: round(v / total, 4) for k, v in res.timing.items()},
+        "seconds": {k: round(v, 3) for k, v in res.timing.items()},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="simclr")
+    p.add_argument("--data", default="synthetic", help="'synthetic' (random uint8 32x32), 'digits' or a folder")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    overrides = [f"data.path={a.data}", f"model.width={a.width}", f"train.batch_size={a.batch_size}",
+                 f"train.device={a.device}", f"train.precision={a.precision}", *a.overrides]
+    r = measure(a.config, overrides, a.steps, a.warmup)
+    cpu = platform.processor() or platform.machine()
+    r["machine"] = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    r["date"] = time.strftime("%Y-%m-%d")
+    print(json.dumps(r, indent=2))
+    s = r["split"]
+    print(f"\n{r['method']} {r['backbone']} {r['views']} batch {r['batch_size']}: {r['images_per_s']} images/s; "
+          f"data {s['data']:.1%}, augmentation {s['augment']:.1%}, compute {s['compute']:.1%}")
+
+
+if __name__ == "__main__":
+    main()

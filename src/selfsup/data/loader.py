@@ -1,0 +1,87 @@
+"""Batches of ``(uint8 images, labels, indices)`` in a seeded order that can resume mid-epoch.
+
+The order of an epoch is a permutation drawn from ``seed + epoch``; a global batch is cut into
+``world_size`` equal contiguous shards, one per process, so the same global batch is seen on 1 or
+N processes (which is what the distributed equivalence tests rely on). In-memory data sets are
+indexed directly (one gather per batch, optionally on the GPU); image folders are decoded by
+``DataLoader`` workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from selfsup.data.datasets import ArrayDataset, ImageFolder
+from selfsup.errors import SelfSupError
+
+Batch = tuple[Tensor, Tensor, Tensor]
+
+
+class BatchLoader:
+    def __init__(self, dataset: ArrayDataset | ImageFolder, batch_size: int, shuffle: bool = True,
+                 drop_last: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0, device: torch.device | str = "cpu", pin_memory: bool = False):
+        if batch_size < 1:
+            raise SelfSupError(f"batch size must be at least 1, got {batch_size}")
+        global_batch = batch_size * world_size
+        if drop_last and len(dataset) < global_batch:
+            raise SelfSupError(
+                f"data set has {len(dataset)} images, fewer than one batch of {global_batch} "
+                f"({batch_size} per process x {world_size}); lower train.batch_size"
+            )
+        self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.num_workers, self.device, self.pin_memory = num_workers, torch.device(device), pin_memory
+        self.epoch = 0
+        self._images = None
+        if isinstance(dataset, ArrayDataset):
+            # Keep the whole uint8 set on the training device: a batch is then one gather.
+            self._images = dataset.images.to(self.device)
+            self._labels = dataset.labels.to(self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        global_batch = self.batch_size * self.world_size
+        n = len(self.dataset)
+        return n // global_batch if self.drop_last else -(-n // global_batch)
+
+    def order(self) -> Tensor:
+        n = len(self.dataset)
+        if not self.shuffle:
+            return torch.arange(n)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(n, generator=g)
+
+    def _shards(self, start_batch: int) -> list[Tensor]:
+        order = self.order()
+        gb = self.batch_size * self.world_size
+        out = []
+        for b in range(start_batch, len(self)):
+            glob = order[b * gb : (b + 1) * gb]
+            per = -(-len(glob) // self.world_size)
+            out.append(glob[self.rank * per : (self.rank + 1) * per])
+        return out
+
+    def iter_from(self, start_batch: int = 0) -> Iterator[Batch]:
+        """Batches of the current epoch, starting at batch ``start_batch`` (for exact resume)."""
+        shards = self._shards(start_batch)
+        if self._images is not None:
+            for idx in shards:
+                i = idx.to(self.device)
+                yield self._images[i], self._labels[i], i
+            return
+        loader = DataLoader(self.dataset, batch_sampler=[s.tolist() for s in shards], num_workers=self.num_workers,
+                            pin_memory=self.pin_memory and self.device.type == "cuda",
+                            persistent_workers=False)
+        for images, labels, index in loader:
+            yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
+                   index.to(self.device, non_blocking=True))
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iter_from(0)

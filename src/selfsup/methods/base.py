@@ -1,0 +1,57 @@
+"""What every method is: an ``nn.Module`` with a ``training_step`` and optional hooks.
+
+The trainer knows nothing of any method: it builds views with the method's recipe, calls
+``training_step(views, index)`` under autocast, back-propagates ``out["loss"]`` and steps the
+optimizer, and calls the hooks. A method's non-parameter state (queues, memory banks, prototypes,
+cluster assignments, EMA copies) lives in registered buffers or modules, so checkpoints,
+``.to(device)`` and DDP see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Context:
+    """What the trainer tells a hook about where training stands."""
+
+    epoch: int
+    step: int  # optimizer steps done so far (global, across epochs)
+    total_steps: int
+    steps_per_epoch: int
+    epochs: int
+    device: torch.device
+    # Iterates the whole training set without augmentation: (normalized float images, labels, index).
+    eval_batches: Callable[[], Iterator[tuple[Tensor, Tensor, Tensor]]] | None = None
+    dataset_size: int = 0
+    log: dict[str, float] = field(default_factory=dict)  # hook outputs worth logging
+
+    @property
+    def progress(self) -> float:
+        return self.step / max(1, self.total_steps)
+
+
+class Method(nn.Module):
+    """Base class: holds ``backbone`` (the encoder that evaluation uses) and no-op hooks."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def training_step(self, views: list[Tensor], index: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, views: list[Tensor], index: Tensor) -> dict[str, Tensor]:
+        # The trainer calls the module itself so that DDP's forward hooks see the step.
+        return self.training_step(views, index)
+
+    def on_epoch_start(self, ctx: Context) -> None:
+        """Called before each epoch (E-steps of clustering methods, bank warm-up)."""
+
+    def on_step_end(self, ctx: Context) -> None:
+        """Called after each optimizer step (EMA/momentum updates, queue pushes)."""

@@ -1,0 +1,117 @@
+"""ResNet-18/34/50 (He et al. 2016, arXiv 1512.03385) with an ImageNet or a CIFAR stem.
+
+The CIFAR stem (a 3x3 stride-1 convolution, no max-pool) is the one SimCLR uses for 32x32 images
+(Chen et al. 2020, Appendix B.9). ``width`` multiplies every layer's channels (0.25 gives a net
+about 16x cheaper, useful on CPUs). Parameter and buffer names follow torchvision's ResNet
+(``conv1``, ``bn1``, ``layer1.0.conv1``, ``downsample.0``...), so exported weights load there.
+The forward pass returns pooled features ``(B, out_dim)``; ``forward_features`` returns the last
+feature map for methods that need local features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.errors import SelfSupError
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        idt = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + idt)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1):
+        super().__init__()
+        out = planes * 4
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != out:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        idt = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + idt)
+
+
+_DEPTHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3, 4, 6, 3)),
+           "resnet50": (Bottleneck, (3, 4, 6, 3))}
+
+
+class ResNet(nn.Module):
+    def __init__(self, arch: str = "resnet18", stem: str = "cifar", width: float = 1.0, in_channels: int = 3,
+                 zero_init_residual: bool = True):
+        super().__init__()
+        if arch not in _DEPTHS:
+            raise SelfSupError(f"unknown backbone {arch!r}; choose one of: {', '.join(_DEPTHS)}")
+        if stem not in ("cifar", "imagenet"):
+            raise SelfSupError(f"unknown stem {stem!r}; choose 'cifar' (3x3, no max-pool) or 'imagenet' (7x7 + pool)")
+        if width <= 0:
+            raise SelfSupError(f"model.width must be positive, got {width}")
+        block, layers = _DEPTHS[arch]
+        self.arch, self.stem, self.width = arch, stem, width
+        c = [max(8, round(64 * width * m)) for m in (1, 2, 4, 8)]
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(in_channels, c[0], 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_channels, c[0], 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.bn1 = nn.BatchNorm2d(c[0])
+        self.relu = nn.ReLU(inplace=True)
+        cin = c[0]
+        for i, (planes, n) in enumerate(zip(c, layers)):
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, planes, stride=2 if (i > 0 and j == 0) else 1))
+                cin = planes * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim = cin
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:  # Goyal et al. 2017: each residual branch starts as identity
+            for m in self.modules():
+                last = getattr(m, "bn3", None) if isinstance(m, Bottleneck) else getattr(m, "bn2", None)
+                if isinstance(m, (BasicBlock, Bottleneck)) and last is not None:
+                    nn.init.zeros_(last.weight)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.avgpool(self.forward_features(x)), 1)
+
+
+def build_backbone(arch: str = "resnet18", stem: str = "cifar", width: float = 1.0,
+                   channels_last: bool = False) -> ResNet:
+    net = ResNet(arch, stem, width)
+    return net.to(memory_format=torch.channels_last) if channels_last else net

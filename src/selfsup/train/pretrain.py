@@ -1,0 +1,174 @@
+"""From a config to a trained run folder: the pieces the CLI and the Python API share."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from selfsup import dist
+from selfsup.config import Config, from_dict, method_kwargs
+from selfsup.data.datasets import ArrayDataset, ImageFolder, open_dataset
+from selfsup.data.loader import BatchLoader
+from selfsup.data.views import ViewRecipe, build_recipe
+from selfsup.errors import SelfSupError
+from selfsup.eval.features import eval_batches, extract_features
+from selfsup.eval.knn import knn_eval
+from selfsup.methods import METHODS, Method
+from selfsup.models import build_backbone
+from selfsup.train import checkpoint as ckpt
+from selfsup.train.trainer import FitResult, fit
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    d = torch.device(name)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise SelfSupError(f"train.device={name} but no CUDA device is available; use train.device=cpu or auto")
+    return d
+
+
+def load_train_data(cfg: Config) -> ArrayDataset | ImageFolder:
+    ds = open_dataset(cfg.data.path, "train", cfg.data.image_size, in_memory=cfg.data.in_memory)
+    if cfg.data.subset is not None and isinstance(ds, ArrayDataset) and cfg.data.subset < len(ds):
+        ds = ds.subset(torch.arange(cfg.data.subset), f"{ds.name}[:{cfg.data.subset}]")
+    return ds
+
+
+def load_test_data(cfg: Config) -> ArrayDataset | None:
+    try:
+        ds = open_dataset(cfg.data.path, "test", cfg.data.image_size)
+    except SelfSupError:
+        return None
+    return ds if isinstance(ds, ArrayDataset) and ds.has_labels else None
+
+
+def resolve_normalization(cfg: Config, ds: ArrayDataset | ImageFolder) -> None:
+    """Fill views.mean/std from the training data when not given, so the run folder records them."""
+    if cfg.views.mean is not None and cfg.views.std is not None:
+        return
+    if isinstance(ds, ArrayDataset):
+        mean, std = ds.channel_stats()
+    else:  # ImageNet statistics for streamed folders
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    cfg.views.mean = cfg.views.mean or mean
+    cfg.views.std = cfg.views.std or std
+
+
+def build_method(cfg: Config, dataset_size: int = 0) -> Method:
+    name = cfg.method.get("name")
+    if name not in METHODS:
+        raise SelfSupError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    backbone = build_backbone(cfg.model.backbone, cfg.model.stem, cfg.model.width, cfg.model.channels_last)
+    kw = method_kwargs(cls, cfg.method)
+    if "dataset_size" in inspect.signature(cls.__init__).parameters:
+        kw["dataset_size"] = dataset_size  # methods with one slot per image (memory banks, cluster labels)
+    try:
+        return cls(backbone, **kw)
+    except (TypeError, ValueError) as e:
+        raise SelfSupError(f"method {name!r}: {e}") from None
+
+
+def build_views(cfg: Config) -> ViewRecipe:
+    return build_recipe(cfg.views.recipe, cfg.views.mean, cfg.views.std, size=cfg.views.size, **cfg.views.options)
+
+
+def new_run_dir(cfg: Config, force: bool = False) -> Path:
+    root = Path(cfg.run.dir)
+    if cfg.run.name:
+        d = root / cfg.run.name
+        if d.exists() and any(d.iterdir()) and not force:
+            raise SelfSupError(f"run folder {d} exists; resume it with --resume {d}, "
+                               "overwrite it with --force, or pick another run.name")
+        return d
+    prefix = cfg.method["name"]
+    taken = [int(m.group(1)) for p in root.glob(f"{prefix}-*") if (m := re.fullmatch(rf"{prefix}-(\d+)", p.name))]
+    return root / f"{prefix}-{max(taken, default=0) + 1:04d}"
+
+
+def knn_monitor(cfg: Config, train_set: ArrayDataset, test_set: ArrayDataset, device: torch.device):
+    """kNN top-1/top-5 of a backbone: training images as the bank, test images as queries."""
+    def monitor(backbone: torch.nn.Module) -> dict[str, float]:
+        with torch.autocast(device.type, torch.bfloat16, enabled=False):
+            f_tr, y_tr = extract_features(backbone, train_set, cfg.views.mean, cfg.views.std, cfg.views.size,
+                                          cfg.eval.batch_size, device)
+            f_te, y_te = extract_features(backbone, test_set, cfg.views.mean, cfg.views.std, cfg.views.size,
+                                          cfg.eval.batch_size, device)
+        return knn_eval(f_tr, y_tr, f_te, y_te, cfg.eval.knn_k, cfg.eval.knn_temperature)
+    return monitor
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    method: Method
+    fit: FitResult
+
+
+def pretrain(cfg: Config, resume_dir: str | Path | None = None, force: bool = False, progress: bool = True,
+             profile: bool = False) -> PretrainResult:
+    """Train the configured method; write config.yaml, metrics.jsonl and checkpoints into the run."""
+    resume_state: dict[str, Any] | None = None
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        if not (run_dir / "config.yaml").exists():
+            raise SelfSupError(f"{run_dir} is not a run folder (no config.yaml); nothing to resume")
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg = from_dict(saved)
+        resume_state, path = ckpt.load_latest(run_dir)
+        if dist.is_main() and progress:
+            print(f"resuming {run_dir} from {path.name} (epoch {resume_state['epoch']}, step {resume_state['step']})")
+    else:
+        run_dir = new_run_dir(cfg, force)
+    device = pick_device(cfg.train.device)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    ckpt.seed_everything(cfg.train.seed)
+    train_set = load_train_data(cfg)
+    resolve_normalization(cfg, train_set)
+    recipe = build_views(cfg)
+    if isinstance(train_set, ArrayDataset):
+        recipe.check_image_size(train_set.image_size)
+    method = build_method(cfg, len(train_set)).to(device)
+    if cfg.model.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_state is None:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    loader = BatchLoader(train_set, cfg.train.batch_size, shuffle=True, drop_last=True, seed=cfg.train.seed,
+                         rank=dist.rank(), world_size=dist.world_size(), num_workers=cfg.data.num_workers,
+                         device=device, pin_memory=True)
+    monitor = None
+    test_set = load_test_data(cfg)
+    if test_set is not None and isinstance(train_set, ArrayDataset) and train_set.has_labels:
+        monitor = knn_monitor(cfg, train_set, test_set, device)
+    batches = None
+    if isinstance(train_set, ArrayDataset):
+        def batches():
+            return eval_batches(train_set, cfg.views.mean, cfg.views.std, cfg.views.size, cfg.eval.batch_size, device)
+    result = fit(method, loader, recipe, cfg.train, run_dir, monitor=monitor, resume=resume_state,
+                 eval_batches=batches, progress=progress, config_dict=cfg.to_dict(), profile=profile)
+    return PretrainResult(run_dir, method, result)
+
+
+def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Config, Method, dict]:
+    """The config and the trained method of a run folder (its newest loadable checkpoint)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise SelfSupError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `selfsup pretrain` made")
+    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    state, _ = ckpt.load_latest(run_dir, map_location)
+    method = build_method(cfg, state.get("dataset_size", 0))
+    method.load_state_dict(state["method"])
+    return cfg, method, state

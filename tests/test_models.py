@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from selfsup.errors import SelfSupError
+from selfsup.models import MLP, build_backbone
+
+
+@pytest.mark.parametrize("arch,dim", [("resnet18", 128), ("resnet34", 128), ("resnet50", 512)])
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_backbones_shapes(arch, dim, stem):
+    net = build_backbone(arch, stem, width=0.25)
+    assert net.out_dim == dim
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, dim)
+    fmap = net.forward_features(torch.randn(2, 3, 32, 32))
+    assert fmap.shape[-1] == (4 if stem == "cifar" else 1)
+
+
+def test_full_width_resnet50_matches_torchvision_parameter_count_and_names():
+    net = build_backbone("resnet50", "imagenet", 1.0)
+    # torchvision's resnet50 has 25,557,032 parameters, of which fc holds 2048*1000+1000.
+    assert sum(p.numel() for p in net.parameters()) == 25_557_032 - 2_049_000
+    keys = net.state_dict().keys()
+    for k in ["conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer4.2.bn3.weight"]:
+        assert k in keys
+
+
+def test_channels_last_gives_same_output():
+    net = build_backbone("resnet18", "cifar", 0.25).eval()
+    x = torch.randn(2, 3, 16, 16)
+    ref = net(x)
+    out = net.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    assert torch.allclose(ref, out, atol=1e-5)
+
+
+def test_bad_backbone_settings():
+    with pytest.raises(SelfSupError, match="unknown backbone"):
+        build_backbone("resnet101")
+    with pytest.raises(SelfSupError, match="width"):
+        build_backbone("resnet18", width=0)
+
+
+def test_mlp_layers():
+    m = MLP(16, 32, 8, layers=3, last_bn=True)
+    assert m(torch.randn(4, 16)).shape == (4, 8)
+    assert sum(isinstance(x, torch.nn.Linear) for x in m.modules()) == 3
