@@ -90,3 +90,43 @@ def test_non_finite_loss_stops_with_a_named_cause(tmp_path):
     args = TINY + [f"run.dir={tmp_path}", "train.epochs=5", "train.lr=1.0e30", "train.optimizer=sgd"]
     with pytest.raises(SelfSupError, match="learning rate too high"):
         pretrain(load_config("simclr", args), progress=False)
+
+
+class _IndexRegression(torch.nn.Module):
+    """A method whose loss depends only on the data set indices: no augmentation, no batch coupling."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Linear(5, 1, bias=False)
+        self.register_buffer("table", torch.randn(64, 5, generator=torch.Generator().manual_seed(1)))
+        self.steps_seen = []
+
+    def forward(self, views, index):
+        return {"loss": (self.backbone(self.table[index]) - 1).pow(2).mean()}
+
+    def on_epoch_start(self, ctx):
+        pass
+
+    def on_step_end(self, ctx):
+        self.steps_seen.append(ctx.step)
+
+
+def test_gradient_accumulation_equals_the_large_batch():
+    from selfsup.config import TrainConfig
+    from selfsup.data.datasets import ArrayDataset
+    from selfsup.data.loader import BatchLoader
+    from selfsup.data.views import ViewRecipe
+    from selfsup.train import fit
+
+    ds = ArrayDataset(torch.zeros(64, 3, 2, 2, dtype=torch.uint8), torch.zeros(64, dtype=torch.long), [])
+    results = []
+    for batch, acc in [(32, 1), (16, 2)]:
+        torch.manual_seed(0)
+        m = _IndexRegression()
+        cfg = TrainConfig(epochs=3, batch_size=batch, accumulate=acc, optimizer="sgd", lr=0.1, lr_scaling="none",
+                          warmup_epochs=0, weight_decay=0.0)
+        res = fit(m, BatchLoader(ds, batch, seed=0), ViewRecipe([]), cfg, progress=False)
+        results.append((m.backbone.weight.detach().clone(), res.steps, m.steps_seen))
+    (w1, s1, seen1), (w2, s2, seen2) = results
+    assert s1 == s2 == 6 and seen1 == seen2 == [1, 2, 3, 4, 5, 6]  # hooks run once per optimizer step
+    assert torch.allclose(w1, w2, atol=1e-6)

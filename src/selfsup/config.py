@@ -51,7 +51,8 @@ class ViewsConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 100
-    batch_size: int = 256
+    batch_size: int = 256  # per process and per micro-batch
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
     optimizer: str = "lars"  # sgd | lars | adamw
     lr: float = 0.3  # at batch 256; scaled by lr_scaling
     lr_scaling: str = "linear"  # linear (lr x B/256) | sqrt | none
@@ -109,7 +110,7 @@ CHOICES = {
 POSITIVE = {("train", "epochs"), ("train", "batch_size"), ("train", "lr"), ("views", "size"), ("model", "width"),
             ("train", "checkpoint_every"), ("train", "log_every"), ("eval", "knn_k"), ("eval", "knn_temperature"),
             ("eval", "batch_size"), ("data", "image_size"), ("data", "subset"), ("train", "max_steps"),
-            ("train", "keep_checkpoints")}
+            ("train", "keep_checkpoints"), ("train", "accumulate")}
 NON_NEGATIVE = {("train", "weight_decay"), ("train", "momentum"), ("train", "warmup_epochs"), ("train", "min_lr"),
                 ("train", "knn_every"), ("data", "num_workers"), ("train", "grad_clip")}
 

@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,13 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
     """
     device = loader.device
     run_dir = Path(run_dir) if run_dir is not None else None
-    steps_per_epoch = len(loader)
+    if len(loader) < cfg.accumulate:
+        raise SelfSupError(f"train.accumulate={cfg.accumulate} exceeds the {len(loader)} batches of an epoch")
+    steps_per_epoch = len(loader) // cfg.accumulate  # optimizer steps; a last partial accumulation is dropped
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    global_batch = loader.batch_size * loader.world_size
+    global_batch = loader.batch_size * loader.world_size * cfg.accumulate
     peak = scaled_lr(cfg.lr, global_batch, cfg.lr_scaling)
     lr_schedule = cosine_schedule(peak, steps_per_epoch * cfg.epochs, round(cfg.warmup_epochs * steps_per_epoch),
                                   final=cfg.min_lr * peak)
@@ -141,13 +144,15 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
         method.on_epoch_start(ctx)
         from tqdm import tqdm
 
-        bar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        bar = tqdm(total=steps_per_epoch * cfg.accumulate, initial=start_batch * cfg.accumulate,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not show, dynamic_ncols=True, leave=False)
         sums: dict[str, float] = {}
+        micro = 0
         count, t_epoch, images_seen = 0, time.perf_counter(), 0
         t0 = time.perf_counter()
-        for images, _labels, index in loader.iter_from(start_batch):
-            if step >= total_steps:
+        for images, _labels, index in loader.iter_from(start_batch * cfg.accumulate):
+            if step >= total_steps or (micro == 0 and step >= (epoch + 1) * steps_per_epoch):
                 break
             sync()
             t1 = time.perf_counter()
@@ -157,11 +162,15 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
             lr = lr_schedule[step]
             for g in optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
-            with torch.autocast(**autocast):
+            last_micro = micro + 1 == cfg.accumulate
+            # DDP: gradients are all-reduced only on the micro-batch that ends an optimizer step.
+            sync_ctx = model.no_sync() if (not last_micro and hasattr(model, "no_sync")) else nullcontext()
+            with sync_ctx, torch.autocast(**autocast):
                 out = model(views, index)
             loss = out["loss"]
             if not torch.isfinite(loss.detach()):
                 bad_in_a_row += 1
+                micro = 0
                 optimizer.zero_grad(set_to_none=True)
                 log.write({"epoch": epoch, "step": step, "skipped_non_finite": bad_in_a_row})
                 if bad_in_a_row >= MAX_BAD_STEPS:
@@ -172,14 +181,18 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                     )
                 continue
             bad_in_a_row = 0
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            ctx.step = step
-            method.on_step_end(ctx)
+            with sync_ctx:
+                (loss / cfg.accumulate).backward()
+            micro += 1
+            if micro == cfg.accumulate:
+                micro = 0
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                ctx.step = step
+                method.on_step_end(ctx)
             sync()
             t3 = time.perf_counter()
             timing["data"] += t1 - t0
@@ -193,7 +206,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
             ips = images_seen / max(1e-9, time.perf_counter() - t_epoch)
-            if step % cfg.log_every == 0:
+            if micro == 0 and step % cfg.log_every == 0:
                 log.write({"epoch": epoch, "step": step, "lr": lr, **values, "images_per_s": round(ips, 1)})
             bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}", refresh=False)
             bar.update(1)
