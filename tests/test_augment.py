@@ -91,3 +91,15 @@ def test_recipe_errors_are_clear():
         build_recipe("nope", [0.5] * 3, [0.25] * 3)
     with pytest.raises(SelfSupError, match="views.size"):
         ViewRecipe([ViewSpec(size=64)]).check_image_size((32, 32))
+
+
+def test_sharded_views_equal_the_slices_of_the_global_batch(monkeypatch):
+    images = (torch.rand(8, 3, 32, 32, generator=gen(9)) * 255).to(torch.uint8)
+    recipe = build_recipe("simclr", [0.5] * 3, [0.25] * 3, size=24)
+    whole = recipe(images, gen(4))
+    for rank in range(2):
+        monkeypatch.setattr("selfsup.dist.rank", lambda r=rank: r)
+        monkeypatch.setattr("selfsup.dist.world_size", lambda: 2)
+        part = recipe(images[rank * 4 : (rank + 1) * 4], gen(4))
+        for w, p in zip(whole, part):
+            assert torch.allclose(w[rank * 4 : (rank + 1) * 4], p, atol=1e-6)

@@ -6,25 +6,52 @@ generator and moved to the batch's device, so results are deterministic for a se
 on CPU and GPU; the pixel work is a handful of tensor ops over the whole batch, never a Python
 loop over images. The semantics follow torchvision's transforms, as used by SimCLR
 (Chen et al. 2020, arXiv 2002.05709, Appendix A).
+
+Under data parallelism every process holds one shard of a global batch. Inside
+``sharded(rank, world_size)`` each per-image draw is made for the whole global batch (from a
+generator seeded alike on every process) and the shard's slice is kept, so an image gets the same
+augmentation whether the global batch is on one process or split over many. That is what makes
+1-process and N-process training step for step identical.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+_shard = (0, 1)  # (rank, world size) of the batch being augmented
+
+
+@contextmanager
+def sharded(rank: int, world_size: int) -> Iterator[None]:
+    """Draw random parameters for the global batch and keep this process's slice."""
+    global _shard
+    previous, _shard = _shard, (rank, world_size)
+    try:
+        yield
+    finally:
+        _shard = previous
+
+
+def _rand(*shape: int, g: torch.Generator) -> Tensor:
+    """U[0, 1) numbers for this shard's images (dim 0), drawn for the whole global batch."""
+    rank, world = _shard
+    full = torch.rand((shape[0] * world, *shape[1:]), generator=g)
+    return full[rank * shape[0] : (rank + 1) * shape[0]]
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> Tensor:
-    return (torch.rand(n, generator=g) * (hi - lo) + lo).to(device)
+    return (_rand(n, g=g) * (hi - lo) + lo).to(device)
 
 
 def _coin(n: int, p: float, g: torch.Generator, device) -> Tensor:
-    return (torch.rand(n, generator=g) < p).to(device)
+    return (_rand(n, g=g) < p).to(device)
 
 
 def grayscale(x: Tensor) -> Tensor:
@@ -43,8 +70,8 @@ def random_resized_crop(x: Tensor, size: int, g: torch.Generator, scale: tuple[f
     """
     b, _, h, w = x.shape
     tries = 10
-    area = torch.empty(b, tries).uniform_(scale[0], scale[1], generator=g) * (h * w)
-    logr = torch.empty(b, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+    area = (_rand(b, tries, g=g) * (scale[1] - scale[0]) + scale[0]) * (h * w)
+    logr = _rand(b, tries, g=g) * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
     cw = torch.sqrt(area * torch.exp(logr))
     ch = torch.sqrt(area / torch.exp(logr))
     ok = (cw <= w) & (ch <= h)
@@ -61,9 +88,9 @@ def random_resized_crop(x: Tensor, size: int, g: torch.Generator, scale: tuple[f
     bad = first < 0
     cw = torch.where(bad, torch.full_like(cw, fw), cw)
     ch = torch.where(bad, torch.full_like(ch, fh), ch)
-    cx = torch.rand(b, generator=g) * (w - cw) + cw / 2
-    cy = torch.rand(b, generator=g) * (h - ch) + ch / 2
-    flip = torch.where(torch.rand(b, generator=g) < flip_p, -1.0, 1.0)
+    cx = _rand(b, g=g) * (w - cw) + cw / 2
+    cy = _rand(b, g=g) * (h - ch) + ch / 2
+    flip = torch.where(_rand(b, g=g) < flip_p, -1.0, 1.0)
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0] = cw / w * flip
     theta[:, 0, 2] = 2 * cx / w - 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from selfsup import dist
 from selfsup.data import augment as A
 from selfsup.errors import SelfSupError
 
@@ -60,10 +61,12 @@ class ViewRecipe:
     pre: Callable[[Tensor, Tensor, torch.Generator], Tensor] | None = field(default=None, repr=False)
 
     def __call__(self, images: Tensor, g: torch.Generator, index: Tensor | None = None) -> list[Tensor]:
+        """Views of this process's shard; ``g`` must be seeded alike on every process."""
         x = A.to_float(images)
-        if self.pre is not None:
-            x = self.pre(x, index, g)
-        return [A.normalize(spec(x, g), self.mean, self.std) for spec in self.specs]
+        with A.sharded(dist.rank(), dist.world_size()):
+            if self.pre is not None:
+                x = self.pre(x, index, g)
+            return [A.normalize(spec(x, g), self.mean, self.std) for spec in self.specs]
 
     @property
     def num_views(self) -> int:

@@ -88,7 +88,8 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
         model = nn.parallel.DistributedDataParallel(method, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
-    aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + dist.rank())
+    # Seeded alike on every process: each draws the global batch's parameters, keeps its slice.
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1)
 
     start_epoch, step, start_batch = 0, 0, 0
     if resume is not None:
