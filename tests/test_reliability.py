@@ -1,18 +1,29 @@
 """Reliability: exact resume, preemption, corrupt checkpoints, divergence and collapse guards, safe loading."""
 
+import io
 import json
+import math
 import os
 import signal
+import struct
 import threading
+import warnings
+import zlib
+from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
 from resume_util import RESUME_CASES, assert_resume_exact
 from torch import nn
 
 from selfsup.cli import main
 from selfsup.config import TrainConfig, load_config
-from selfsup.data.datasets import ArrayDataset
+from selfsup.data.datasets import ArrayDataset, ImageFolder, UnreadableImage, decode_image, open_dataset
 from selfsup.data.loader import BatchLoader
 from selfsup.data.views import ViewRecipe, ViewSpec
 from selfsup.errors import EXIT_PREEMPTED, Preempted, SelfSupError
@@ -21,7 +32,7 @@ from selfsup.methods.base import Method
 from selfsup.train import checkpoint as ckpt
 from selfsup.train import fit
 from selfsup.train.guards import collapse_stats
-from selfsup.train.pretrain import new_run_dir
+from selfsup.train.pretrain import new_run_dir, pretrain
 from selfsup.train.signals import PreemptionHandler
 
 
@@ -255,3 +266,164 @@ def test_force_clears_the_old_runs_files(tmp_path):
         new_run_dir(cfg)
     assert new_run_dir(cfg, force=True) == old
     assert sorted(p.name for p in old.iterdir()) == ["notes.md"]  # no stale checkpoint can be resumed
+
+
+# Hostile and odd inputs ------------------------------------------------------------------------
+
+def _png(path, size=(20, 24), seed=0):
+    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return arr
+
+
+def _png_header_only(w, h):
+    """A PNG that declares w x h pixels and holds none: the cheapest decompression bomb."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def _deny(monkeypatch, name):
+    """Root ignores file modes, so an unreadable file is simulated where Pillow opens it."""
+    real = PIL.Image.open
+
+    def fake_open(fp, *args, **kw):
+        if str(fp).endswith(name):
+            raise PermissionError(13, "Permission denied", str(fp))
+        return real(fp, *args, **kw)
+
+    monkeypatch.setattr(PIL.Image, "open", fake_open)
+
+
+def _seed_bad_files(d, monkeypatch):
+    """Every kind of bad file; returns their names."""
+    _png(d / "trunc.png")
+    (d / "trunc.png").write_bytes((d / "trunc.png").read_bytes()[:300])
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(d / "trunc.jpg")
+    (d / "trunc.jpg").write_bytes((d / "trunc.jpg").read_bytes()[:-200])
+    (d / "zero.png").write_bytes(b"")
+    (d / "bomb.png").write_bytes(_png_header_only(100_000, 100_000))
+    _png(d / "large.png", size=(200, 200))  # 40,000 pixels: above data.max_pixels=20000
+    (d / "fake.jpg").write_text("not an image at all")
+    os.symlink(d / "nowhere.png", d / "dangling.png")
+    _png(d / "denied.png")
+    _deny(monkeypatch, "denied.png")
+    return ["bomb.png", "dangling.png", "denied.png", "fake.jpg", "large.png", "trunc.jpg", "trunc.png", "zero.png"]
+
+
+def test_16_bit_png_and_cmyk_jpeg_convert_correctly(tmp_path):
+    deep = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 257)[::-1].copy()  # the full 16-bit range
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    img = decode_image(tmp_path / "deep.png", 16)
+    assert torch.equal(img[0], torch.from_numpy((deep // 257).astype(np.uint8))) and torch.equal(img[0], img[2])
+    Image.new("RGB", (16, 16), (200, 30, 60)).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    assert Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
+    rgb = decode_image(tmp_path / "cmyk.jpg", 8)
+    assert (rgb.int() - torch.tensor([200, 30, 60])[:, None, None]).abs().max() <= 3
+
+
+def test_each_kind_of_bad_file_is_one_clear_error(tmp_path, monkeypatch):
+    names = _seed_bad_files(tmp_path, monkeypatch)
+    expect = {"bomb.png": "above data.max_pixels", "large.png": "above data.max_pixels", "zero.png": "cannot identify",
+              "fake.jpg": "cannot identify", "trunc.png": "truncated", "trunc.jpg": "(?i)truncated",
+              "dangling.png": "FileNotFoundError", "denied.png": "PermissionError"}
+    for name in names:
+        with pytest.raises(UnreadableImage, match=expect[name]) as e:
+            decode_image(tmp_path / name, 16, max_pixels=20_000)
+        assert str(e.value).startswith(str(tmp_path / name))
+
+
+def test_folder_scan_links_loops_empty_classes_and_other_files(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        _png(tmp_path / c / "x.png")
+    (tmp_path / "a" / "notes.txt").write_text("ignored")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README").write_text("no images here")
+    os.symlink(tmp_path, tmp_path / "a" / "up")  # inside a class: never followed
+    os.symlink(tmp_path, tmp_path / "loop")  # a class folder that is the root itself
+    with pytest.warns(UserWarning) as record:
+        folder = ImageFolder(tmp_path, 8)
+    assert any("would loop" in str(w.message) for w in record)
+    assert any("without images: empty (kept" in str(w.message) for w in record)
+    assert folder.classes == ["a", "b", "empty"] and folder.labels.tolist() == [0, 1]
+    r = folder.report.to_dict()
+    assert r["images"] == 2 and r["ignored_non_image_files"] == 2 and r["empty_classes"] == ["empty"]
+    assert r["skipped_links"] == [str(tmp_path / "loop")]
+
+
+def test_labels_that_disagree_with_the_images_are_a_clear_error(tmp_path):
+    np.save(tmp_path / "train_x.npy", np.zeros((10, 8, 8, 3), np.uint8))
+    np.save(tmp_path / "train_y.npy", np.zeros(9, np.int64))
+    with pytest.raises(SelfSupError, match="10 images but 9 labels"):
+        open_dataset(tmp_path, "train")
+
+
+def test_failures_in_loader_workers_are_counted_in_the_main_process(tmp_path):
+    for i in range(6):
+        _png(tmp_path / f"{i}.png", seed=i)
+    for i in (1, 4):
+        (tmp_path / f"{i}.png").write_bytes(b"broken")
+    folder = ImageFolder(tmp_path, 8)
+    loader = BatchLoader(folder, 3, num_workers=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batches = list(loader)
+    assert loader.failed == {1, 4} and sum(len(b[2]) for b in batches) == 6
+    assert all(b[0].shape[1:] == (3, 8, 8) for b in batches)
+
+
+def test_a_folder_of_every_bad_file_kind_trains_to_the_end_and_reports_them(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    for c in ("a", "b", "c"):
+        (root / c).mkdir(parents=True)
+    for i in range(37):
+        _png(root / "ab"[i % 2] / f"{i:02d}.png", seed=i)
+    Image.fromarray(np.arange(16 * 20, dtype=np.uint16).reshape(16, 20) * 200).save(root / "a" / "deep16.png")
+    Image.new("RGB", (20, 16), (10, 200, 90)).convert("CMYK").save(root / "b" / "cmyk.jpg")
+    bad = _seed_bad_files(root / "b", monkeypatch)  # 37 + 2 + 8 = 47 files, +1 below = 48 = 3 batches of 16
+    _png(root / "b" / "extra.png", seed=99)
+    (root / "b" / "labels.csv").write_text("ignored\n")
+    (root / "c" / "README").write_text("an empty class")
+    os.symlink(root, root / "a" / "loop")
+    args = [f"data.path={root}", "data.image_size=16", "data.in_memory=false", "data.max_pixels=20000",
+            "views.size=16", "views.mean=[0.5,0.5,0.5]", "views.std=[0.25,0.25,0.25]", "model.width=0.125",
+            "train.batch_size=16", "train.epochs=2", "method.hidden_dim=32", "method.projection_dim=16",
+            f"run.dir={tmp_path}", "run.name=r"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = pretrain(load_config("simclr", args), progress=False)
+    assert result.fit.steps == 6
+    report = json.loads((result.run_dir / "data_report.json").read_text())
+    assert sorted(Path(f).name for f in report["bad"]) == bad and report["bad_files"] == 8
+    assert report["images"] == 48 and report["ignored_non_image_files"] == 2 and report["empty_classes"] == ["c"]
+    assert "above data.max_pixels" in report["bad"][str(root / "b" / "bomb.png")]
+    epochs = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines() if '"type"' in x]
+    assert [e["unreadable_images"] for e in epochs] == [8, 8] and all(math.isfinite(e["loss"]) for e in epochs)
+
+
+def _encoded(fmt: str, mode: str) -> bytes:
+    buf = io.BytesIO()
+    arr = np.random.default_rng(len(fmt)).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+SEEDS = [_encoded(f, m) for f, m in [("PNG", "RGB"), ("PNG", "P"), ("JPEG", "RGB"), ("JPEG", "CMYK"), ("GIF", "P"),
+                                      ("BMP", "RGB"), ("TIFF", "RGB"), ("WEBP", "RGB"), ("PNG", "I;16")]]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(SEEDS), edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, 10_000)), noise=st.binary(max_size=64))
+def test_fuzzed_image_bytes_decode_or_raise_the_counted_error(seed, edits, cut, noise):
+    data = bytearray(seed)
+    for pos, byte in edits:
+        data[pos % len(data)] = byte
+    data = bytes(data[:cut] if cut is not None else data) + noise
+    try:
+        img = decode_image(data, 8, max_pixels=1_000_000)
+    except UnreadableImage:
+        return
+    assert img.dtype == torch.uint8 and img.shape == (3, 8, 8)

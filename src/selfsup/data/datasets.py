@@ -310,6 +310,8 @@ def decode_image(source: str | os.PathLike | bytes, image_size: int, max_pixels:
                 arr = np.asarray(im.crop((left, top, left + image_size, top + image_size)), dtype=np.uint8)
     except UnreadableImage:
         raise
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(f"{name}: {e} (above data.max_pixels={max_pixels:,} or Pillow's own limit)") from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types on hostile data; all mean "unusable"
         reason = str(e).splitlines()[0] if str(e) else ""
         raise UnreadableImage(f"{name}: {type(e).__name__}: {reason}") from None
@@ -413,7 +415,7 @@ class ImageFolder:
                     self.decode(k)
                     reason = "failed once while loading, readable now"
                 except UnreadableImage as e:
-                    reason = str(e)
+                    reason = str(e).removeprefix(f"{self.files[k]}: ")
                 self.report.bad[str(self.files[k])] = reason
 
     def load_all(self, max_bad_fraction: float = 0.1, progress: bool = True) -> ArrayDataset:
@@ -427,7 +429,7 @@ class ImageFolder:
                 labels.append(int(self.labels[i]))
             except UnreadableImage as e:
                 bad.append((self.files[i], e))
-                self.report.bad[str(self.files[i])] = str(e)
+                self.report.bad[str(self.files[i])] = str(e).removeprefix(f"{self.files[i]}: ")
         if bad:
             shown = "; ".join(str(e) for _, e in bad[:3])
             warnings.warn(f"{self.root}: skipped {len(bad)} of {len(self.files)} unreadable images ({shown})",
