@@ -107,6 +107,26 @@ def prune(run_dir: str | Path, keep: int) -> None:
         p.unlink(missing_ok=True)
 
 
+def training_state(method: torch.nn.Module, optimizer: torch.optim.Optimizer, aug_gen: torch.Generator, *,
+                   epoch: int, step: int, batch_in_epoch: int, loop: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Everything a run depends on, as one checkpoint dict: the whole ``state_dict`` of the method
+    (buffers included), the optimizer, every RNG, the position (``epoch`` whole epochs done, then
+    ``batch_in_epoch`` loader batches of the next, ``step`` optimizer steps) and the loop's own
+    counters (``loop``)."""
+    return {"method": method.state_dict(), "optimizer": optimizer.state_dict(), "aug_generator": aug_gen.get_state(),
+            "rng": rng_state(), "epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch, "loop": loop, **extra}
+
+
+def restore_training(state: dict[str, Any], method: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     aug_gen: torch.Generator) -> tuple[int, int, int, dict[str, Any]]:
+    """Load a :func:`training_state` back; return ``(epoch, step, batch_in_epoch, loop)``."""
+    method.load_state_dict(state["method"])
+    optimizer.load_state_dict(state["optimizer"])
+    aug_gen.set_state(state["aug_generator"])
+    set_rng_state(state["rng"])
+    return state["epoch"], state["step"], state.get("batch_in_epoch", 0), state.get("loop", {})
+
+
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),

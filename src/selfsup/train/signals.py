@@ -10,6 +10,7 @@ The previous handlers are restored on exit.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -24,8 +25,11 @@ class PreemptionHandler:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.requested: str | None = None
         self._previous: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:  # a forked loader worker: the main process decides
+            return
         name = signal.Signals(signum).name
         if self.requested is not None:
             self.restore()

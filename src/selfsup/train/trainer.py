@@ -127,22 +127,15 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
     guard = DivergenceGuard()
     collapse = CollapseMonitor(cfg.collapse_every)
 
-    start_epoch, step, batch = 0, 0, 0  # batch: loader batches done in the current epoch
-    sums: dict[str, float] = {}  # running sums of the current epoch's values
-    count = 0
-    best: float | None = None  # best online kNN top-1 so far
-    keep_lines = None
+    start_epoch, step, batch, loop = 0, 0, 0, {}  # batch: loader batches done in the current epoch
     if resume is not None:
-        method.load_state_dict(resume["method"])
-        optimizer.load_state_dict(resume["optimizer"])
-        aug_gen.set_state(resume["aug_generator"])
-        ckpt.set_rng_state(resume["rng"])
-        start_epoch, step, batch = resume["epoch"], resume["step"], resume.get("batch_in_epoch", 0)
-        loop = resume.get("loop", {})
+        start_epoch, step, batch, loop = ckpt.restore_training(resume, method, optimizer, aug_gen)
         if "guard" in loop:
             guard.load_state_dict(loop["guard"])
-        sums, count = dict(loop.get("epoch_sums", {})), loop.get("epoch_count", 0)
-        best, keep_lines = loop.get("best_knn_top1"), loop.get("metrics_lines")
+    sums: dict[str, float] = dict(loop.get("epoch_sums", {}))  # running sums of the current epoch's values
+    count: int = loop.get("epoch_count", 0)
+    best: float | None = loop.get("best_knn_top1")  # best online kNN top-1 so far
+    keep_lines = loop.get("metrics_lines")
     log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None, step if resume else None, keep_lines)
     history: list[dict[str, Any]] = []
     timing = {"data": 0.0, "augment": 0.0, "compute": 0.0}
@@ -161,11 +154,10 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
     def save(epochs_done: int, path: Path | None = None) -> Path | None:
         if run_dir is None or not dist.is_main():
             return None
-        state = {"method": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epochs_done,
-                 "step": step, "batch_in_epoch": batch, "dataset_size": len(loader.dataset),
-                 "aug_generator": aug_gen.get_state(), "rng": ckpt.rng_state(), "config": config_dict or {},
-                 "loop": {"guard": guard.state_dict(), "epoch_sums": dict(sums), "epoch_count": count,
-                          "best_knn_top1": best, "metrics_lines": log.lines}}
+        loop = {"guard": guard.state_dict(), "epoch_sums": dict(sums), "epoch_count": count,
+                "best_knn_top1": best, "metrics_lines": log.lines}
+        state = ckpt.training_state(method, optimizer, aug_gen, epoch=epochs_done, step=step, batch_in_epoch=batch,
+                                    loop=loop, dataset_size=len(loader.dataset), config=config_dict or {})
         path = path or ckpt.checkpoint_path(run_dir, epochs_done, step if batch else None)
         ckpt.atomic_save(state, path)
         if path.name != ckpt.best_path(run_dir).name:
@@ -280,10 +272,9 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                 t0 = time.perf_counter()
                 if micro or batch >= batches_per_epoch or step >= total_steps:
                     continue  # not a step boundary, or the epoch's end (handled below)
-                every = cfg.checkpoint_every_steps
                 if stop_requested():
                     raise stop(epoch, save(epoch))
-                if stepped and every and step % every == 0:
+                if stepped and cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
                     save(epoch)
             bar.close()
             record = {"epoch": epoch + 1, "step": step, **{k: v / max(1, count) for k, v in sums.items()},
@@ -310,7 +301,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
             every = cfg.checkpoint_every_steps
             path = None
             if finished or halt or (epoch + 1) % cfg.checkpoint_every == 0 or (every and step % every == 0):
-                path = save(epoch + 1)
+                path = save(epoch + 1)  # epoch ends are saved whole: batch 0 of the next epoch
             if improved:
                 save(epoch + 1, ckpt.best_path(run_dir) if run_dir else None)
             if halt:
