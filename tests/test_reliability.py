@@ -334,6 +334,14 @@ def test_each_kind_of_bad_file_is_one_clear_error(tmp_path, monkeypatch):
         assert str(e.value).startswith(str(tmp_path / name))
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode (simulated above instead)")
+def test_a_file_without_read_permission_is_a_bad_file(tmp_path):
+    _png(tmp_path / "locked.png")
+    (tmp_path / "locked.png").chmod(0)
+    with pytest.raises(UnreadableImage, match="PermissionError"):
+        decode_image(tmp_path / "locked.png", 8)
+
+
 def test_folder_scan_links_loops_empty_classes_and_other_files(tmp_path):
     for c in ("a", "b"):
         (tmp_path / c).mkdir()

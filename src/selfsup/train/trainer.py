@@ -172,8 +172,10 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
 
     def stop(epoch: int, path: Path | None) -> Preempted:
         why = preempt.requested or "a signal on another process"
-        where = (f"checkpoint {path}; continue with: selfsup pretrain --resume {run_dir}" if path
-                 else "no run folder, so nothing was saved")
+        if run_dir is None:
+            where = "no run folder, so nothing was saved"
+        else:  # only rank 0 writes
+            where = f"checkpoint {path or 'saved by rank 0'}; continue with: selfsup pretrain --resume {run_dir}"
         return Preempted(f"stopped by {why} at epoch {epoch + 1}, step {step}; {where}",
                          str(path) if path else None, step)
 
