@@ -28,7 +28,9 @@ class PreemptionHandler:
         self._pid = os.getpid()
 
     def _handle(self, signum: int, frame) -> None:
-        if os.getpid() != self._pid:  # a forked loader worker: the main process decides
+        if os.getpid() != self._pid:
+            # A forked loader worker (schedulers signal the whole process group): it keeps
+            # serving batches so the main process can reach the step boundary and save.
             return
         name = signal.Signals(signum).name
         if self.requested is not None:
