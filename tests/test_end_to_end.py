@@ -8,11 +8,11 @@ from selfsup.eval.knn import knn_eval
 from selfsup.train.checkpoint import seed_everything
 from selfsup.train.pretrain import build_method, load_test_data, load_train_data, pretrain
 
-# A small, fast recipe: 16 px views, ResNet-18 at 1/8 width, 4 epochs of 22 steps.
-SMALL = ["data.image_size=16", "views.size=16", "model.width=0.125", "train.batch_size=64", "train.epochs=4",
+# A small, fast recipe: 16 px views, ResNet-18 at 1/8 width, 6 epochs of 22 steps.
+SMALL = ["data.image_size=16", "views.size=16", "model.width=0.125", "train.batch_size=64", "train.epochs=6",
          "train.warmup_epochs=0", "train.lr=1.0", "method.hidden_dim=128", "method.projection_dim=64",
          "eval.knn_k=20"]
-MARGIN = 10.0  # kNN top-1 points over the same backbone at random init
+MARGIN = 10.0  # kNN top-1 points over random init; measured: 68.52 -> 86.35 (+17.8), single-threaded
 
 
 def knn_top1(cfg, backbone):
@@ -32,6 +32,7 @@ def test_simclr_beats_random_init_on_digits(tmp_path):
     # The online monitor measured the same two numbers during training.
     first, last = result.fit.history[0], result.fit.history[-1]
     assert abs(last["knn_top1"] - trained) < 1e-6
+    print(f"kNN top-1: random init {random_init:.2f}, trained {trained:.2f}")
     assert trained > random_init + MARGIN, (trained, random_init)
     assert first["loss"] > last["loss"]
     assert torch.isfinite(torch.tensor(last["loss"]))

@@ -7,14 +7,17 @@ import json
 import sys
 from pathlib import Path
 
-from selfsup.errors import SelfSupError
+from selfsup.errors import EXIT_PREEMPTED, Preempted, SelfSupError
 
 EPILOG_PRETRAIN = """examples:
   selfsup pretrain simclr data.path=../shared/data/cifar10 train.epochs=100
   selfsup pretrain configs/simclr.yaml model.width=0.25 run.name=narrow
   selfsup pretrain --resume runs/simclr-0001
 overrides are section.key=value (value parsed as YAML); sections: method, data, model, views,
-train, eval, run. Unknown keys are errors that list the valid ones."""
+train, eval, run. Unknown keys are errors that list the valid ones.
+
+exit status: 0 done; 2 bad input (message on stderr); 75 stopped by SIGTERM/SIGINT after saving a
+checkpoint (continue with --resume); 130 stopped at once by a second signal, without a checkpoint."""
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -171,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     except SelfSupError as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(f"selfsup: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
         return 130

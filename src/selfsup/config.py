@@ -29,6 +29,7 @@ class DataConfig:
     subset: int | None = None  # use only the first N training images
     in_memory: bool = True  # decode image folders once into memory
     num_workers: int = 0
+    max_pixels: int = 89_478_485  # image files with more pixels are refused (decompression bombs)
 
 
 @dataclass
@@ -66,9 +67,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False
     checkpoint_every: int = 10  # epochs
+    checkpoint_every_steps: int | None = None  # also save every N optimizer steps, mid-epoch included
     keep_checkpoints: int = 2
     log_every: int = 10  # optimizer steps
     knn_every: int = 0  # epochs between online kNN checks (0: only before and after training)
+    collapse_every: int = 100  # steps between collapse checks of returned "embeddings" (0: never)
     max_steps: int | None = None  # stop after this many optimizer steps (benchmarks, smoke tests)
     compile: bool = False
 
@@ -110,9 +113,10 @@ CHOICES = {
 POSITIVE = {("train", "epochs"), ("train", "batch_size"), ("train", "lr"), ("views", "size"), ("model", "width"),
             ("train", "checkpoint_every"), ("train", "log_every"), ("eval", "knn_k"), ("eval", "knn_temperature"),
             ("eval", "batch_size"), ("data", "image_size"), ("data", "subset"), ("train", "max_steps"),
-            ("train", "keep_checkpoints"), ("train", "accumulate")}
+            ("train", "keep_checkpoints"), ("train", "accumulate"), ("train", "checkpoint_every_steps"),
+            ("data", "max_pixels")}
 NON_NEGATIVE = {("train", "weight_decay"), ("train", "momentum"), ("train", "warmup_epochs"), ("train", "min_lr"),
-                ("train", "knn_every"), ("data", "num_workers"), ("train", "grad_clip")}
+                ("train", "knn_every"), ("data", "num_workers"), ("train", "grad_clip"), ("train", "collapse_every")}
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -226,9 +230,13 @@ def resolve_recipe_path(name_or_path: str) -> Path:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file with ``yaml.safe_load``: tags that build Python objects are refused."""
     try:
         with open(path) as fh:
             d = yaml.safe_load(fh)
+    except yaml.constructor.ConstructorError as e:
+        raise SelfSupError(f"{path}: refusing a YAML tag that is not plain data ({e.problem}); a config holds "
+                           "only mappings, lists, strings and numbers") from None
     except yaml.YAMLError as e:
         raise SelfSupError(f"{path}: not valid YAML: {e}") from None
     return d or {}

@@ -25,7 +25,7 @@ import pickle
 import struct
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ class ArrayDataset:
     classes: list[str]
     name: str = ""
     skipped: int = 0  # unreadable files left out when the set was built
+    report: DataReport | None = None  # what building it from an image folder found
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -83,7 +84,8 @@ class ArrayDataset:
 
     def subset(self, index: Tensor | Sequence[int], name: str | None = None) -> ArrayDataset:
         index = torch.as_tensor(index, dtype=torch.long)
-        return ArrayDataset(self.images[index], self.labels[index], self.classes, name or self.name)
+        return ArrayDataset(self.images[index], self.labels[index], self.classes, name or self.name, self.skipped,
+                            self.report)
 
     def channel_stats(self, max_images: int = 10000) -> tuple[list[float], list[float]]:
         """Per-channel mean and std in [0, 1] units, from up to ``max_images`` evenly spaced images."""
@@ -241,75 +243,180 @@ def load_idx_folder(path: Path, split: str) -> ArrayDataset:
     return ArrayDataset(images, labels, [], f"{path.name}/{split}")
 
 
+class UnreadableImage(SelfSupError):
+    """An image file that cannot be used: unreadable, truncated, corrupt, not an image, or too large."""
+
+
+@dataclass
+class DataReport:
+    """What scanning and decoding an image folder found; written to the run as ``data_report.json``."""
+
+    root: str
+    images: int = 0  # files with an image extension
+    ignored: int = 0  # other files (no image extension), left out silently
+    bad: dict[str, str] = field(default_factory=dict)  # file -> why it could not be used
+    empty_classes: list[str] = field(default_factory=list)  # class folders without images (indices kept)
+    skipped_links: list[str] = field(default_factory=list)  # symlinked folders that loop back
+
+    def to_dict(self) -> dict:
+        return {"root": self.root, "images": self.images, "ignored_non_image_files": self.ignored,
+                "bad_files": len(self.bad), "bad": self.bad, "empty_classes": self.empty_classes,
+                "skipped_links": self.skipped_links}
+
+
+def _to_rgb(im):
+    """Any Pillow mode -> 8-bit RGB. 16-bit grayscale keeps its full range (Pillow's own
+    conversion clips it at 255, turning most of the image white); CMYK, palette, alpha and
+    1-bit images convert as Pillow defines them (Adobe-inverted CMYK JPEGs included)."""
+    from PIL import Image
+
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        a = np.asarray(im).astype(np.float32) / 257.0  # 0..65535 -> 0..255
+        return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_image(source: str | os.PathLike | bytes, image_size: int, max_pixels: int = 89_478_485) -> Tensor:
+    """Decode one image file (a path or its bytes) to uint8 ``(3, image_size, image_size)``.
+
+    The shorter side is resized to ``image_size`` (bicubic), then the centre is cropped. Every
+    failure (missing or unreadable file, truncated or corrupt data, not an image, more than
+    ``max_pixels`` pixels: a decompression bomb) raises :class:`UnreadableImage`; the size is
+    checked from the header, before any pixel is decoded. Pillow refuses images above twice
+    its own limit (about 179 million pixels) whatever ``max_pixels`` says.
+    """
+    import io
+
+    from PIL import Image
+
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's bomb warning (checked below) and palette notes
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise UnreadableImage(f"{name}: {w}x{h} = {w * h:,} pixels, above data.max_pixels={max_pixels:,} "
+                                          "(a decompression bomb?); raise data.max_pixels if it is real")
+                if w < 1 or h < 1:
+                    raise UnreadableImage(f"{name}: empty image ({w}x{h})")
+                im.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced size
+                im = _to_rgb(im)
+                w, h = im.size
+                s = image_size / min(w, h)
+                im = im.resize((max(image_size, round(w * s)), max(image_size, round(h * s))), Image.BICUBIC)
+                w, h = im.size
+                left, top = (w - image_size) // 2, (h - image_size) // 2
+                arr = np.asarray(im.crop((left, top, left + image_size, top + image_size)), dtype=np.uint8)
+    except UnreadableImage:
+        raise
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(f"{name}: {e} (above data.max_pixels={max_pixels:,} or Pillow's own limit)") from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on hostile data; all mean "unusable"
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise UnreadableImage(f"{name}: {type(e).__name__}: {reason}") from None
+    if arr.shape != (image_size, image_size, 3):
+        raise UnreadableImage(f"{name}: decoded to shape {arr.shape}, not {image_size}x{image_size} RGB")
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
 class ImageFolder:
     """Image files under a folder: class sub-folders give labels, a flat folder gives -1.
 
     Files are decoded on access (in loader workers) and resized so the shorter side is
     ``image_size``, then centre-cropped, so every item has one size. Unreadable files are
     replaced by a neighbour and counted, so a broken file never stops an epoch.
+
+    Class indices are the sorted class folder names, empty folders included: a class folder
+    without images is kept (with a warning) so that labels stay the same across splits and runs.
+    Files without an image extension are ignored; a file with one that is not a readable image
+    is a bad file. Symlinked class folders are followed unless they point back at the root or
+    above it (a loop); inside a class folder, symlinked sub-folders are never followed.
     """
 
     def __init__(self, root: Path, image_size: int = 32, max_pixels: int = 89_478_485):
         self.root = Path(root)
         self.image_size = image_size
         self.max_pixels = max_pixels
-        subdirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        self.report = DataReport(str(self.root))
+        resolved = self.root.resolve()
+        subdirs = []
+        for d in sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            if d.is_symlink() and resolved.is_relative_to(d.resolve()):
+                self.report.skipped_links.append(str(d))
+                warnings.warn(f"ignoring {d}: a symlink to {d.resolve()} would loop", stacklevel=2)
+            else:
+                subdirs.append(d)
         files: list[Path] = []
         labels: list[int] = []
         if subdirs:
             self.classes = [d.name for d in subdirs]
             for c, d in enumerate(subdirs):
-                found = _scan_images(d)
+                found = self._scan(d)
+                if not found:
+                    self.report.empty_classes.append(d.name)
                 files += found
                 labels += [c] * len(found)
-            files += (loose := _scan_images(self.root, recursive=False))
+            files += (loose := self._scan(self.root, recursive=False))
             labels += [-1] * len(loose)
         else:
             self.classes = []
-            files = _scan_images(self.root)
+            files = self._scan(self.root)
             labels = [-1] * len(files)
         if not files:
             raise SelfSupError(
                 f"{self.root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}); "
                 "point data.path at a folder of images, class sub-folders, or a NumPy/CIFAR/IDX folder"
             )
+        if self.report.empty_classes:
+            warnings.warn(f"{self.root}: class folders without images: {', '.join(self.report.empty_classes)} "
+                          "(kept, so class indices stay stable)", stacklevel=2)
         self.files = files
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.name = self.root.name
         self.failed: set[int] = set()
 
+    def _scan(self, folder: Path, recursive: bool = True) -> list[Path]:
+        found, ignored = _scan_images(folder, recursive)
+        self.report.images += len(found)
+        self.report.ignored += ignored
+        return found
+
     def __len__(self) -> int:
         return len(self.files)
 
     def decode(self, i: int) -> Tensor:
-        from PIL import Image
+        return decode_image(self.files[i], self.image_size, self.max_pixels)
 
-        Image.MAX_IMAGE_PIXELS = self.max_pixels
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(self.files[i]) as im:
-                im.draft("RGB", (self.image_size, self.image_size))  # JPEG: decode at reduced size
-                im = im.convert("RGB")
-                w, h = im.size
-                s = self.image_size / min(w, h)
-                im = im.resize((max(self.image_size, round(w * s)), max(self.image_size, round(h * s))),
-                               Image.BICUBIC)
-                w, h = im.size
-                left, top = (w - self.image_size) // 2, (h - self.image_size) // 2
-                im = im.crop((left, top, left + self.image_size, top + self.image_size))
-                arr = np.asarray(im, dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    def get(self, i: int) -> tuple[Tensor, int, int, bool]:
+        """Item ``i`` plus whether file ``i`` itself was unreadable (then a neighbour stands in).
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        Loader workers are separate processes, so the flag travels with the batch and the main
+        process counts the failures (see :class:`selfsup.data.loader.BatchLoader`).
+        """
         for j in range(len(self.files)):
             k = (i + j) % len(self.files)
             try:
-                return self.decode(k), int(self.labels[k]), i
-            except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file"
+                return self.decode(k), int(self.labels[k]), i, j > 0
+            except UnreadableImage as e:
                 if k not in self.failed:
                     self.failed.add(k)
-                    warnings.warn(f"skipping unreadable image {self.files[k]}: {e}", stacklevel=2)
+                    warnings.warn(f"skipping unreadable image {e}", stacklevel=2)
         raise SelfSupError(f"{self.root}: none of the {len(self.files)} images could be read")
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        return self.get(i)[:3]
+
+    def note_failures(self, indices: set[int]) -> None:
+        """Record in :attr:`report` why each of these files (seen failing in workers) is bad."""
+        for k in sorted(indices):
+            if str(self.files[k]) not in self.report.bad:
+                try:
+                    self.decode(k)
+                    reason = "failed once while loading, readable now"
+                except UnreadableImage as e:
+                    reason = str(e).removeprefix(f"{self.files[k]}: ")
+                self.report.bad[str(self.files[k])] = reason
 
     def load_all(self, max_bad_fraction: float = 0.1, progress: bool = True) -> ArrayDataset:
         """Decode every image once into an :class:`ArrayDataset`, leaving out unreadable files."""
@@ -320,39 +427,44 @@ class ImageFolder:
             try:
                 images.append(self.decode(i))
                 labels.append(int(self.labels[i]))
-            except Exception as e:  # noqa: BLE001
+            except UnreadableImage as e:
                 bad.append((self.files[i], e))
+                self.report.bad[str(self.files[i])] = str(e).removeprefix(f"{self.files[i]}: ")
         if bad:
-            shown = "; ".join(f"{f.name}: {type(e).__name__}: {e}" for f, e in bad[:3])
+            shown = "; ".join(str(e) for _, e in bad[:3])
             warnings.warn(f"{self.root}: skipped {len(bad)} of {len(self.files)} unreadable images ({shown})",
                           stacklevel=2)
         if len(bad) > max_bad_fraction * len(self.files) or not images:
             raise SelfSupError(
                 f"{self.root}: {len(bad)} of {len(self.files)} images could not be read (more than "
-                f"{max_bad_fraction:.0%}); check the files, e.g. {bad[0][0]}: {bad[0][1]}"
+                f"{max_bad_fraction:.0%}); check the files, e.g. {bad[0][1]}"
             )
         return ArrayDataset(torch.stack(images), torch.tensor(labels, dtype=torch.long), self.classes,
-                            self.name, skipped=len(bad))
+                            self.name, skipped=len(bad), report=self.report)
 
 
-def _scan_images(folder: Path, recursive: bool = True) -> list[Path]:
-    out = []
+def _scan_images(folder: Path, recursive: bool = True) -> tuple[list[Path], int]:
+    """Image files under ``folder`` (sorted) and the number of other files left out."""
+    out, ignored = [], 0
     # os.walk with followlinks=False cannot loop on symlink cycles.
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        images = [f for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        ignored += sum(1 for f in filenames if not f.startswith(".")) - len(images)
+        out += [Path(dirpath) / f for f in images]
         if not recursive:
             break
-    return out
+    return out, ignored
 
 
 def open_dataset(path: str | os.PathLike, split: str = "train", image_size: int | None = None,
-                 in_memory: bool = True) -> ArrayDataset | ImageFolder:
+                 in_memory: bool = True, max_pixels: int = 89_478_485) -> ArrayDataset | ImageFolder:
     """Open ``path`` (or ``"digits"``) as a data set; see the module docstring for the layouts.
 
     ``split`` is ``"train"`` or ``"test"``. ``image_size`` resizes every image to a square of
     that side (required for image folders; optional elsewhere). ``in_memory`` decodes image
     folders once into one uint8 tensor; set it False for folders larger than memory.
+    ``max_pixels`` refuses larger images in image folders (decompression bombs).
     """
     if split not in ("train", "test"):
         raise SelfSupError(f"unknown split {split!r}; use 'train' or 'test'")
@@ -375,7 +487,7 @@ def open_dataset(path: str | os.PathLike, split: str = "train", image_size: int 
             raise SelfSupError(f"{p}: no test/ sub-folder, so there is no test split")
         if not root.is_dir():
             raise SelfSupError(f"{p}: no {split}/ sub-folder")
-        folder = ImageFolder(root, image_size or 32)
+        folder = ImageFolder(root, image_size or 32, max_pixels)
         return folder.load_all() if in_memory else folder
     if len(ds) == 0:
         raise SelfSupError(f"data set at {p} ({split}) is empty")

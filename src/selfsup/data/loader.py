@@ -4,7 +4,9 @@ The order of an epoch is a permutation drawn from ``seed + epoch``; a global bat
 ``world_size`` equal contiguous shards, one per process, so the same global batch is seen on 1 or
 N processes (which is what the distributed equivalence tests rely on). In-memory data sets are
 indexed directly (one gather per batch, optionally on the GPU); image folders are decoded by
-``DataLoader`` workers.
+``DataLoader`` workers. Each item from a folder carries a flag saying its own file could not be
+read (a neighbour stood in), so the main process can count unreadable files in :attr:`failed`
+even though workers are separate processes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class BatchLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.num_workers, self.device, self.pin_memory = num_workers, torch.device(device), pin_memory
         self.epoch = 0
+        self.failed: set[int] = set()  # data set indices whose file could not be read (folders only)
         self._images = None
         if isinstance(dataset, ArrayDataset):
             # Keep the whole uint8 set on the training device: a batch is then one gather.
@@ -76,12 +79,29 @@ class BatchLoader:
                 i = idx.to(self.device)
                 yield self._images[i], self._labels[i], i
             return
-        loader = DataLoader(self.dataset, batch_sampler=[s.tolist() for s in shards], num_workers=self.num_workers,
-                            pin_memory=self.pin_memory and self.device.type == "cuda",
-                            persistent_workers=False)
-        for images, labels, index in loader:
+        flagged = isinstance(self.dataset, ImageFolder)
+        loader = DataLoader(_Flagged(self.dataset) if flagged else self.dataset,
+                            batch_sampler=[s.tolist() for s in shards], num_workers=self.num_workers,
+                            pin_memory=self.pin_memory and self.device.type == "cuda", persistent_workers=False)
+        for item in loader:
+            images, labels, index = item[:3]
+            if flagged:
+                self.failed.update(index[item[3]].tolist())
             yield (images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
                    index.to(self.device, non_blocking=True))
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_from(0)
+
+
+class _Flagged:
+    """An image folder whose items also say whether their own file was unreadable."""
+
+    def __init__(self, folder: ImageFolder):
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int, bool]:
+        return self.folder.get(i)

@@ -5,6 +5,21 @@ The trainer knows nothing of any method: it builds views with the method's recip
 optimizer, and calls the hooks. A method's non-parameter state (queues, memory banks, prototypes,
 cluster assignments, EMA copies) lives in registered buffers or modules, so checkpoints,
 ``.to(device)`` and DDP see it.
+
+Contracts with the trainer:
+
+- ``training_step`` returns ``{"loss": scalar, ...}``. Other scalar tensors are logged. A
+  non-scalar tensor under ``"embeddings"`` (B, D), detached (e.g. the projections of one view),
+  feeds the collapse monitor, which logs ``collapse_std`` and ``effective_rank`` every
+  ``train.collapse_every`` steps and warns once when they fall towards 0 and 1.
+- ``on_epoch_start`` runs only when an epoch starts from its first batch; a run resumed in the
+  middle of an epoch does not re-run it. So whatever it computes (E-step cluster labels, a
+  refreshed bank) must be stored in buffers: the checkpoint brings it back.
+- ``on_step_end`` runs after each optimizer step that happened. A step skipped for a non-finite
+  loss or gradient does not call it, so EMA copies and queues see only good steps.
+- Exact resume: the whole ``state_dict`` is saved and restored, with every RNG (Python, NumPy,
+  torch, CUDA) and the augmentation generator. Randomness drawn from those is reproduced; a
+  method must not keep its own ``torch.Generator`` or other state outside buffers.
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ class Method(nn.Module):
         self.backbone = backbone
 
     def training_step(self, views: list[Tensor], index: Tensor) -> dict[str, Tensor]:
+        """``{"loss": scalar}`` plus scalars to log and, optionally, detached ``"embeddings"`` (B, D)."""
         raise NotImplementedError
 
     def forward(self, views: list[Tensor], index: Tensor) -> dict[str, Tensor]:
@@ -51,7 +67,8 @@ class Method(nn.Module):
         return self.training_step(views, index)
 
     def on_epoch_start(self, ctx: Context) -> None:
-        """Called before each epoch (E-steps of clustering methods, bank warm-up)."""
+        """Called before each epoch's first batch (E-steps of clustering methods, bank warm-up);
+        not called again when a run resumes mid-epoch, so results must live in buffers."""
 
     def on_step_end(self, ctx: Context) -> None:
         """Called after each optimizer step (EMA/momentum updates, queue pushes)."""

@@ -29,4 +29,4 @@ class SimCLR(Method):
         z1, z2 = (self.projector(self.backbone(v)) for v in views[:2])
         # In-batch negatives come from every process; gradients flow back to their owners.
         loss = nt_xent(dist.gather_with_grad(z1), dist.gather_with_grad(z2), self.temperature)
-        return {"loss": loss}
+        return {"loss": loss, "embeddings": z1.detach()}

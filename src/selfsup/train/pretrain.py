@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ import torch
 import yaml
 
 from selfsup import dist
-from selfsup.config import Config, from_dict, method_kwargs
+from selfsup.config import Config, from_dict, load_yaml, method_kwargs
 from selfsup.data.datasets import ArrayDataset, ImageFolder, open_dataset
 from selfsup.data.loader import BatchLoader
 from selfsup.data.views import ViewRecipe, build_recipe
@@ -38,7 +41,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_train_data(cfg: Config) -> ArrayDataset | ImageFolder:
-    ds = open_dataset(cfg.data.path, "train", cfg.data.image_size, in_memory=cfg.data.in_memory)
+    ds = open_dataset(cfg.data.path, "train", cfg.data.image_size, in_memory=cfg.data.in_memory,
+                      max_pixels=cfg.data.max_pixels)
     if cfg.data.subset is not None and isinstance(ds, ArrayDataset) and cfg.data.subset < len(ds):
         ds = ds.subset(torch.arange(cfg.data.subset), f"{ds.name}[:{cfg.data.subset}]")
     return ds
@@ -46,7 +50,7 @@ def load_train_data(cfg: Config) -> ArrayDataset | ImageFolder:
 
 def load_test_data(cfg: Config) -> ArrayDataset | None:
     try:
-        ds = open_dataset(cfg.data.path, "test", cfg.data.image_size)
+        ds = open_dataset(cfg.data.path, "test", cfg.data.image_size, max_pixels=cfg.data.max_pixels)
     except SelfSupError:
         return None
     return ds if isinstance(ds, ArrayDataset) and ds.has_labels else None
@@ -83,13 +87,23 @@ def build_views(cfg: Config) -> ViewRecipe:
     return build_recipe(cfg.views.recipe, cfg.views.mean, cfg.views.std, size=cfg.views.size, **cfg.views.options)
 
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", "data_report.json", "checkpoints")
+
+
 def new_run_dir(cfg: Config, force: bool = False) -> Path:
+    """A new run folder. An existing named one is refused, or with ``force`` emptied of the old
+    run's files, so that no stale checkpoint of it can ever be resumed."""
     root = Path(cfg.run.dir)
     if cfg.run.name:
         d = root / cfg.run.name
-        if d.exists() and any(d.iterdir()) and not force:
-            raise SelfSupError(f"run folder {d} exists; resume it with --resume {d}, "
-                               "overwrite it with --force, or pick another run.name")
+        if d.exists() and any(d.iterdir()):
+            if not force:
+                raise SelfSupError(f"run folder {d} exists; resume it with --resume {d}, "
+                                   "overwrite it with --force, or pick another run.name")
+            if dist.is_main():
+                for name in RUN_FILES:
+                    old = d / name
+                    shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
         return d
     prefix = cfg.method["name"]
     taken = [int(m.group(1)) for p in root.glob(f"{prefix}-*") if (m := re.fullmatch(rf"{prefix}-(\d+)", p.name))]
@@ -123,9 +137,8 @@ def pretrain(cfg: Config, resume_dir: str | Path | None = None, force: bool = Fa
         run_dir = Path(resume_dir)
         if not (run_dir / "config.yaml").exists():
             raise SelfSupError(f"{run_dir} is not a run folder (no config.yaml); nothing to resume")
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        cfg = from_dict(saved)
-        resume_state, path = ckpt.load_latest(run_dir)
+        cfg = from_dict(load_yaml(run_dir / "config.yaml"))
+        resume_state, path = ckpt.load_latest(run_dir, required=ckpt.RESUME_KEYS)
         if dist.is_main() and progress:
             print(f"resuming {run_dir} from {path.name} (epoch {resume_state['epoch']}, step {resume_state['step']})")
     else:
@@ -157,9 +170,26 @@ def pretrain(cfg: Config, resume_dir: str | Path | None = None, force: bool = Fa
     if isinstance(train_set, ArrayDataset):
         def batches():
             return eval_batches(train_set, cfg.views.mean, cfg.views.std, cfg.views.size, cfg.eval.batch_size, device)
-    result = fit(method, loader, recipe, cfg.train, run_dir, monitor=monitor, resume=resume_state,
-                 eval_batches=batches, progress=progress, config_dict=cfg.to_dict(), profile=profile)
+    try:
+        result = fit(method, loader, recipe, cfg.train, run_dir, monitor=monitor, resume=resume_state,
+                     eval_batches=batches, progress=progress, config_dict=cfg.to_dict(), profile=profile)
+    finally:
+        write_data_report(run_dir, train_set, loader)
     return PretrainResult(run_dir, method, result)
+
+
+def write_data_report(run_dir: Path, train_set: ArrayDataset | ImageFolder, loader: BatchLoader) -> None:
+    """``data_report.json``: what reading an image folder found (bad files and why, ignored files,
+    empty classes, looping links). Files that failed in loader workers are diagnosed here."""
+    report = train_set.report if isinstance(train_set, (ArrayDataset, ImageFolder)) else None
+    if report is None or not dist.is_main():
+        return
+    if isinstance(train_set, ImageFolder):
+        train_set.note_failures(loader.failed)
+    (run_dir / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    if report.bad:
+        warnings.warn(f"{len(report.bad)} unreadable image files were left out or replaced by neighbours; "
+                      f"see {run_dir / 'data_report.json'}", stacklevel=2)
 
 
 def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Config, Method, dict]:
@@ -167,7 +197,7 @@ def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> t
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise SelfSupError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `selfsup pretrain` made")
-    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = from_dict(load_yaml(run_dir / "config.yaml"))
     state, _ = ckpt.load_latest(run_dir, map_location)
     method = build_method(cfg, state.get("dataset_size", 0))
     method.load_state_dict(state["method"])

@@ -1,13 +1,24 @@
 """The one training loop. It knows nothing of any method.
 
 Per step: cut a uint8 batch, build the views on the device (the method's recipe), run
-``training_step`` under autocast, back-propagate, clip, step the optimizer with the scheduled lr,
-call the method's ``on_step_end`` hook, log. Per epoch: ``on_epoch_start`` hook, optional online
-kNN, checkpoint. Everything a resumed run needs is in the checkpoint.
+``training_step`` under autocast, back-propagate, skip the step if the loss or a gradient is not
+finite, clip, step the optimizer with the scheduled lr, call the method's ``on_step_end`` hook,
+log. Per epoch: ``on_epoch_start`` hook, optional online kNN, checkpoint.
+
+Everything a resumed run needs is in the checkpoint: the method's whole ``state_dict`` (EMA copies,
+queues, banks, prototypes, cluster state are buffers), the optimizer, every RNG, the step (the
+schedules are indexed by it), the epoch and the position inside it (``batch_in_epoch``, in loader
+batches), the guards' counters and the epoch's running sums. A run stopped at any step boundary
+and resumed gives the same losses and weights, bit for bit on CPU in deterministic mode.
+
+Hook contract: ``on_epoch_start`` runs only when an epoch starts from its first batch. A run
+resumed in the middle of an epoch does not call it again: the hook's results (cluster labels,
+refreshed banks) must be buffers, so they come back with the checkpoint.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -24,31 +35,51 @@ from selfsup import dist
 from selfsup.config import TrainConfig
 from selfsup.data.loader import BatchLoader
 from selfsup.data.views import ViewRecipe
-from selfsup.errors import SelfSupError
+from selfsup.errors import Preempted, SelfSupError
 from selfsup.methods.base import Context, Method
 from selfsup.train import checkpoint as ckpt
+from selfsup.train.guards import MAX_BAD_STEPS, CollapseMonitor, DivergenceGuard, grads_finite
 from selfsup.train.optim import build_optimizer, cosine_schedule, scaled_lr
+from selfsup.train.signals import PreemptionHandler
 
-MAX_BAD_STEPS = 10  # consecutive non-finite losses before the run is stopped
+__all__ = ["MAX_BAD_STEPS", "FitResult", "MetricsLog", "fit"]
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl`` (rank 0 only). On resume, records past the checkpoint go."""
+    """Append-only ``metrics.jsonl`` (rank 0 only).
 
-    def __init__(self, path: Path | None, resume_step: int | None = None):
-        self.path = path
-        if path is None or not dist.is_main():
-            self.path = None
+    A fresh run starts it empty. A resumed run keeps the first ``keep_lines`` lines (the count its
+    checkpoint recorded), or, for checkpoints without that count, the records up to ``resume_step``.
+    """
+
+    def __init__(self, path: Path | None, resume_step: int | None = None, keep_lines: int | None = None):
+        self.path = path if dist.is_main() else None
+        self.lines = 0
+        if self.path is None:
             return
-        if resume_step is not None and path.exists():
-            keep = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in keep))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = path.read_text().splitlines() if path.exists() else []
+        if keep_lines is not None:
+            keep = old[:keep_lines]
+        elif resume_step is not None:
+            keep = [line for line in old if _step_of(line) <= resume_step]
+        else:
+            keep = []
+        path.write_text("".join(line + "\n" for line in keep))
+        self.lines = len(keep)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+            self.lines += 1
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:  # a line cut short by a crash
+        return math.inf
 
 
 @dataclass
@@ -57,24 +88,28 @@ class FitResult:
     epochs: int
     history: list[dict[str, Any]] = field(default_factory=list)  # per-epoch records
     timing: dict[str, float] = field(default_factory=dict)  # seconds in data / augmentation / compute
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
 
 
 def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfig, run_dir: str | Path | None = None,
         *, monitor: Callable[[nn.Module], dict[str, float]] | None = None, resume: dict[str, Any] | None = None,
         eval_batches: Callable | None = None, progress: bool = True, config_dict: dict | None = None,
-        profile: bool = False) -> FitResult:
+        profile: bool = False, handle_signals: bool = True) -> FitResult:
     """Train ``method`` for ``cfg.epochs`` epochs over ``loader``; return what happened.
 
     ``monitor(backbone)`` (e.g. online kNN) runs before training, every ``cfg.knn_every`` epochs
-    and at the end. ``resume`` is a checkpoint dict from :func:`selfsup.train.checkpoint.load`.
-    ``profile`` synchronizes the device around each phase so the data/augmentation/compute
-    split is exact on GPUs (it costs a little throughput).
+    and at the end; the state with the best ``top1`` is kept as ``checkpoints/best.pt``. ``resume``
+    is a checkpoint dict from :func:`selfsup.train.checkpoint.load`. ``profile`` synchronizes the
+    device around each phase so the data/augmentation/compute split is exact on GPUs (it costs a
+    little throughput). With ``handle_signals`` (main thread only), SIGTERM/SIGINT save a
+    checkpoint at the next step boundary and raise :class:`selfsup.errors.Preempted`.
     """
     device = loader.device
     run_dir = Path(run_dir) if run_dir is not None else None
     if len(loader) < cfg.accumulate:
         raise SelfSupError(f"train.accumulate={cfg.accumulate} exceeds the {len(loader)} batches of an epoch")
     steps_per_epoch = len(loader) // cfg.accumulate  # optimizer steps; a last partial accumulation is dropped
+    batches_per_epoch = steps_per_epoch * cfg.accumulate
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -90,21 +125,24 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
         model = torch.compile(model)
     # Seeded alike on every process: each draws the global batch's parameters, keeps its slice.
     aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1)
+    guard = DivergenceGuard()
+    collapse = CollapseMonitor(cfg.collapse_every)
 
-    start_epoch, step, start_batch = 0, 0, 0
+    start_epoch, step, batch, loop = 0, 0, 0, {}  # batch: loader batches done in the current epoch
     if resume is not None:
-        method.load_state_dict(resume["method"])
-        optimizer.load_state_dict(resume["optimizer"])
-        aug_gen.set_state(resume["aug_generator"])
-        ckpt.set_rng_state(resume["rng"])
-        start_epoch, step = resume["epoch"], resume["step"]
-        start_batch = resume.get("batch_in_epoch", 0)
-    log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None, resume_step=step if resume else None)
+        start_epoch, step, batch, loop = ckpt.restore_training(resume, method, optimizer, aug_gen)
+        if "guard" in loop:
+            guard.load_state_dict(loop["guard"])
+    sums: dict[str, float] = dict(loop.get("epoch_sums", {}))  # running sums of the current epoch's values
+    count: int = loop.get("epoch_count", 0)
+    best: float | None = loop.get("best_knn_top1")  # best online kNN top-1 so far
+    keep_lines = loop.get("metrics_lines")
+    log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None, step if resume else None, keep_lines)
     history: list[dict[str, Any]] = []
     timing = {"data": 0.0, "augment": 0.0, "compute": 0.0}
     show = progress and dist.is_main()
-    bad_in_a_row = 0
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    preempt = PreemptionHandler(handle_signals)
 
     def sync() -> None:
         if profile and device.type == "cuda":
@@ -114,14 +152,33 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
         return Context(epoch=epoch, step=step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                        epochs=cfg.epochs, device=device, eval_batches=eval_batches, dataset_size=len(loader.dataset))
 
-    def save(epoch_done: int) -> None:
+    def save(epochs_done: int, path: Path | None = None) -> Path | None:
         if run_dir is None or not dist.is_main():
-            return
-        state = {"method": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch_done,
-                 "step": step, "batch_in_epoch": 0, "dataset_size": len(loader.dataset),
-                 "aug_generator": aug_gen.get_state(), "rng": ckpt.rng_state(), "config": config_dict or {}}
-        ckpt.atomic_save(state, ckpt.checkpoint_path(run_dir, epoch_done))
-        ckpt.prune(run_dir, cfg.keep_checkpoints)
+            return None
+        loop = {"guard": guard.state_dict(), "epoch_sums": dict(sums), "epoch_count": count,
+                "best_knn_top1": best, "metrics_lines": log.lines}
+        state = ckpt.training_state(method, optimizer, aug_gen, epoch=epochs_done, step=step, batch_in_epoch=batch,
+                                    loop=loop, dataset_size=len(loader.dataset), config=config_dict or {})
+        path = path or ckpt.checkpoint_path(run_dir, epochs_done, step if batch else None)
+        ckpt.atomic_save(state, path)
+        if path.name != ckpt.best_path(run_dir).name:
+            ckpt.prune(run_dir, cfg.keep_checkpoints)
+        return path
+
+    def stop_requested() -> bool:
+        flag = preempt.requested is not None
+        if dist.is_distributed():  # every rank must stop at the same step
+            flag = bool(dist.all_reduce_sum(torch.tensor(float(flag), device=device)) > 0)
+        return flag
+
+    def stop(epoch: int, path: Path | None) -> Preempted:
+        why = preempt.requested or "a signal on another process"
+        if run_dir is None:
+            where = "no run folder, so nothing was saved"
+        else:  # only rank 0 writes
+            where = f"checkpoint {path or 'saved by rank 0'}; continue with: selfsup pretrain --resume {run_dir}"
+        return Preempted(f"stopped by {why} at epoch {epoch + 1}, step {step}; {where}",
+                         str(path) if path else None, step)
 
     def run_monitor(epoch: int) -> dict[str, float]:
         if monitor is None:
@@ -137,96 +194,120 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
         run_monitor(0)
     method.train()
     epoch = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        if step >= total_steps:
-            break
-        loader.set_epoch(epoch)
-        ctx = context(epoch)
-        method.on_epoch_start(ctx)
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps_per_epoch * cfg.accumulate, initial=start_batch * cfg.accumulate,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not show, dynamic_ncols=True, leave=False)
-        sums: dict[str, float] = {}
-        micro = 0
-        count, t_epoch, images_seen = 0, time.perf_counter(), 0
-        t0 = time.perf_counter()
-        for images, _labels, index in loader.iter_from(start_batch * cfg.accumulate):
-            if step >= total_steps or (micro == 0 and step >= (epoch + 1) * steps_per_epoch):
+    with preempt:
+        for epoch in range(start_epoch, cfg.epochs):
+            if step >= total_steps:
                 break
-            sync()
-            t1 = time.perf_counter()
-            views = recipe(images, aug_gen, index)
-            sync()
-            t2 = time.perf_counter()
-            lr = lr_schedule[step]
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
-            last_micro = micro + 1 == cfg.accumulate
-            # DDP: gradients are all-reduced only on the micro-batch that ends an optimizer step.
-            sync_ctx = model.no_sync() if (not last_micro and hasattr(model, "no_sync")) else nullcontext()
-            with sync_ctx, torch.autocast(**autocast):
-                out = model(views, index)
-            loss = out["loss"]
-            if not torch.isfinite(loss.detach()):
-                bad_in_a_row += 1
-                micro = 0
-                optimizer.zero_grad(set_to_none=True)
-                log.write({"epoch": epoch, "step": step, "skipped_non_finite": bad_in_a_row})
-                if bad_in_a_row >= MAX_BAD_STEPS:
-                    raise SelfSupError(
-                        f"the loss was not finite for {bad_in_a_row} steps in a row (epoch {epoch + 1}, step {step}); "
-                        "likely causes: a learning rate too high (train.lr), a temperature too low, or bf16 "
-                        "precision (train.precision=fp32). The last good checkpoint is kept."
-                    )
-                continue
-            bad_in_a_row = 0
-            with sync_ctx:
-                (loss / cfg.accumulate).backward()
-            micro += 1
-            if micro == cfg.accumulate:
-                micro = 0
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                ctx.step = step
-                method.on_step_end(ctx)
-            sync()
-            t3 = time.perf_counter()
-            timing["data"] += t1 - t0
-            timing["augment"] += t2 - t1
-            timing["compute"] += t3 - t2
-            images_seen += images.shape[0] * loader.world_size
-            values = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
-            values.update(ctx.log)
-            ctx.log.clear()
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            ips = images_seen / max(1e-9, time.perf_counter() - t_epoch)
-            if micro == 0 and step % cfg.log_every == 0:
-                log.write({"epoch": epoch, "step": step, "lr": lr, **values, "images_per_s": round(ips, 1)})
-            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}", refresh=False)
-            bar.update(1)
+            loader.set_epoch(epoch)
+            ctx = context(epoch)
+            if batch == 0:
+                method.on_epoch_start(ctx)
+            optimizer.zero_grad(set_to_none=True)
+            from tqdm import tqdm
+
+            bar = tqdm(total=batches_per_epoch, initial=batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not show, dynamic_ncols=True, leave=False)
+            micro = 0
+            t_epoch, images_seen = time.perf_counter(), 0
             t0 = time.perf_counter()
-        bar.close()
-        start_batch = 0
-        record = {"epoch": epoch + 1, "step": step, **{k: v / max(1, count) for k, v in sums.items()},
-                  "epoch_time_s": round(time.perf_counter() - t_epoch, 3)}
-        if count and not math.isfinite(record.get("loss", 0.0)):
-            raise SelfSupError(f"epoch {epoch + 1}: mean loss is not finite")
-        finished = epoch + 1 == cfg.epochs or step >= total_steps
-        if monitor is not None and (finished or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):
-            record.update(run_monitor(epoch + 1))
-        history.append(record)
-        log.write({"type": "epoch", **record})
-        if show:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step"))
-            print(f"epoch {epoch + 1}/{cfg.epochs}: {shown}", flush=True)
-        if finished or (epoch + 1) % cfg.checkpoint_every == 0:
-            save(epoch + 1)
-        method.train()
-    return FitResult(steps=step, epochs=epoch + 1, history=history, timing=timing)
+            for images, _labels, index in itertools.islice(loader.iter_from(batch), batches_per_epoch - batch):
+                if step >= total_steps:
+                    break
+                sync()
+                t1 = time.perf_counter()
+                views = recipe(images, aug_gen, index)
+                sync()
+                t2 = time.perf_counter()
+                lr = lr_schedule[step]
+                for g in optimizer.param_groups:
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
+                last_micro = micro + 1 == cfg.accumulate
+                # DDP: gradients are all-reduced only on the micro-batch that ends an optimizer step.
+                sync_ctx = model.no_sync() if (not last_micro and hasattr(model, "no_sync")) else nullcontext()
+                with sync_ctx, torch.autocast(**autocast):
+                    out = model(views, index)
+                loss = out["loss"]
+                batch += 1
+                stepped, bad = False, None
+                if not torch.isfinite(loss.detach()):
+                    bad, micro = "loss", 0
+                else:
+                    with sync_ctx:
+                        (loss / cfg.accumulate).backward()
+                    micro += 1
+                    if micro == cfg.accumulate:
+                        micro = 0
+                        if not grads_finite(method.parameters()):
+                            bad = "gradients"
+                        else:
+                            if cfg.grad_clip:
+                                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
+                            optimizer.step()
+                            step += 1
+                            ctx.step = step
+                            method.on_step_end(ctx)
+                            guard.ok()
+                            stepped = True
+                        optimizer.zero_grad(set_to_none=True)
+                if bad is not None:
+                    optimizer.zero_grad(set_to_none=True)
+                    guard.skip(bad, epoch, step, log=log.write)
+                else:
+                    sync()
+                    t3 = time.perf_counter()
+                    timing["data"] += t1 - t0
+                    timing["augment"] += t2 - t1
+                    timing["compute"] += t3 - t2
+                    images_seen += images.shape[0] * loader.world_size
+                    values = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+                    values.update(ctx.log)
+                    ctx.log.clear()
+                    for k, v in values.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    ips = images_seen / max(1e-9, time.perf_counter() - t_epoch)
+                    health = collapse(out, step) if stepped else {}
+                    if stepped and (step % cfg.log_every == 0 or health):
+                        log.write({"epoch": epoch, "step": step, "lr": lr, **values, **health,
+                                   "images_per_s": round(ips, 1)})
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}", refresh=False)
+                bar.update(1)
+                t0 = time.perf_counter()
+                if micro or batch >= batches_per_epoch or step >= total_steps:
+                    continue  # not a step boundary, or the epoch's end (handled below)
+                if stop_requested():
+                    raise stop(epoch, save(epoch))
+                if stepped and cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+                    save(epoch)
+            bar.close()
+            record = {"epoch": epoch + 1, "step": step, **{k: v / max(1, count) for k, v in sums.items()},
+                      "skipped_steps": guard.total, "epoch_time_s": round(time.perf_counter() - t_epoch, 3)}
+            if loader.failed:
+                record["unreadable_images"] = len(loader.failed)
+            if count and not math.isfinite(record.get("loss", 0.0)):
+                raise SelfSupError(f"epoch {epoch + 1}: mean loss is not finite")
+            finished = epoch + 1 == cfg.epochs or step >= total_steps
+            improved = False
+            if monitor is not None and (finished or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):
+                record.update(run_monitor(epoch + 1))
+                top1 = record.get("knn_top1")
+                improved = top1 is not None and (best is None or top1 > best)
+                best = top1 if improved else best
+            history.append(record)
+            log.write({"type": "epoch", **record})
+            if show:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                  if k not in ("epoch", "step") and not (k == "skipped_steps" and v == 0))
+                print(f"epoch {epoch + 1}/{cfg.epochs}: {shown}", flush=True)
+            batch, sums, count = 0, {}, 0
+            halt = stop_requested() and not finished
+            every = cfg.checkpoint_every_steps
+            path = None
+            if finished or halt or (epoch + 1) % cfg.checkpoint_every == 0 or (every and step % every == 0):
+                path = save(epoch + 1)  # epoch ends are saved whole: batch 0 of the next epoch
+            if improved:
+                save(epoch + 1, ckpt.best_path(run_dir) if run_dir else None)
+            if halt:
+                raise stop(epoch, path)
+            method.train()
+    return FitResult(steps=step, epochs=epoch + 1, history=history, timing=timing, skipped_steps=guard.total)
