@@ -5,8 +5,8 @@ App. A), itself SimCLR's (Chen et al. 2020, arXiv 2002.05709, Sec. B.5): a class
 of the training labels; backbone + a new linear head, all trained (BatchNorm in train mode) with
 random resized crop and flip; SGD, momentum 0.9, no weight decay, batch 256, 20 epochs, the lr
 multiplied by 0.2 after 60% and 80% of the epochs (12 and 16 of 20); separate lrs for the trunk
-and the head: 0.02 / 5 with 1% of the labels and 0.01 / 0.2 with 10%. Top-1/top-5 on the test
-split.
+and the head: 0.02 / 5 with 1% of the labels and 0.01 / 0.2 with 10% (the command line gives
+other fractions the 10% lrs). Top-1/top-5 on the test split.
 
 Subsets: ``balanced_subset`` takes the same number of images from every class (a fraction f of
 N images over C classes gives round(f N / C) per class, at least one, at most the class size),

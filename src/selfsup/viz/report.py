@@ -227,9 +227,10 @@ def plot_retrieval(retrieval, path: Path) -> Path | None:
     for r in range(rows):
         _tile(axes[r][0], q[r], f"query ({int(qy[r])})" if r == 0 else f"({int(qy[r])})", "tab:blue")
         for j in range(k):
-            ok = int(nby[r, j]) == int(qy[r])
+            labelled = int(qy[r]) >= 0 and int(nby[r, j]) >= 0
+            color = ("tab:green" if int(nby[r, j]) == int(qy[r]) else "tab:red") if labelled else None
             title = (f"nn {j + 1} ({int(nby[r, j])})" if r == 0 else f"({int(nby[r, j])})")
-            _tile(axes[r][j + 1], nb[r, j], title, "tab:green" if ok else "tab:red")
+            _tile(axes[r][j + 1], nb[r, j], title, color)
     fig.suptitle("nearest training images by cosine similarity (green: same label)", fontsize=8)
     return _save(fig, path)
 
