@@ -35,3 +35,25 @@ def extract_features(encoder: nn.Module, dataset: ArrayDataset, mean, std, size:
         labels.append(y.cpu())
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)
+
+
+def augmented_batches(dataset: ArrayDataset, index: Tensor, mean, std, size: int, batch_size: int,
+                      generator: torch.Generator, device: torch.device | str = "cpu",
+                      scale: tuple[float, float] = (0.08, 1.0)) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch over ``dataset[index]`` in a random order: random resized crop to ``size`` and
+    horizontal flip (the training transform of the linear and semi-supervised protocols),
+    normalized. Batches of a single image are dropped (BatchNorm cannot train on them)."""
+    order = index[torch.randperm(len(index), generator=generator)]
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        if len(idx) < 2:
+            continue
+        x = A.to_float(dataset.images[idx].to(device))
+        x = A.random_resized_crop(x, size, generator, scale, flip_p=0.5)
+        yield A.normalize(x, mean, std), dataset.labels[idx].to(device)
+
+
+def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
+    """Percentage of rows whose label is among the ``k`` largest logits."""
+    k = min(k, logits.shape[1])
+    return 100.0 * (logits.topk(k, 1).indices == labels[:, None]).any(1).float().mean().item()

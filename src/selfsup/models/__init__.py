@@ -1,7 +1,9 @@
-"""Backbones, heads and momentum copies."""
+"""Backbones, heads, momentum copies and weight export."""
 
 from selfsup.models.ema import ema_update, momentum_at, momentum_copy
+from selfsup.models.export import export_backbone, load_exported, read_metadata
 from selfsup.models.heads import MLP
 from selfsup.models.resnet import ResNet, build_backbone
 
-__all__ = ["MLP", "ResNet", "build_backbone", "ema_update", "momentum_at", "momentum_copy"]
+__all__ = ["MLP", "ResNet", "build_backbone", "ema_update", "export_backbone", "load_exported", "momentum_at",
+           "momentum_copy", "read_metadata"]
