@@ -111,7 +111,8 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
 
     def context(epoch: int) -> Context:
         return Context(epoch=epoch, step=step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                       epochs=cfg.epochs, device=device, eval_batches=eval_batches, dataset_size=len(loader.dataset))
+                       epochs=cfg.epochs, device=device, eval_batches=eval_batches, dataset_size=len(loader.dataset),
+                       optimizer=optimizer)
 
     def save(epoch_done: int) -> None:
         if run_dir is None or not dist.is_main():
@@ -147,7 +148,9 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
         bar = tqdm(total=steps_per_epoch * cfg.accumulate, initial=start_batch * cfg.accumulate,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not show, dynamic_ncols=True, leave=False)
+        # Per-key counts: hook metrics (ctx.log) arrive once per epoch or per E-step, not every step.
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         micro = 0
         count, t_epoch, images_seen = 0, time.perf_counter(), 0
         t0 = time.perf_counter()
@@ -204,6 +207,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
             ctx.log.clear()
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             count += 1
             ips = images_seen / max(1e-9, time.perf_counter() - t_epoch)
             if micro == 0 and step % cfg.log_every == 0:
@@ -213,7 +217,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
             t0 = time.perf_counter()
         bar.close()
         start_batch = 0
-        record = {"epoch": epoch + 1, "step": step, **{k: v / max(1, count) for k, v in sums.items()},
+        record = {"epoch": epoch + 1, "step": step, **{k: v / counts[k] for k, v in sums.items()},
                   "epoch_time_s": round(time.perf_counter() - t_epoch, 3)}
         if count and not math.isfinite(record.get("loss", 0.0)):
             raise SelfSupError(f"epoch {epoch + 1}: mean loss is not finite")
