@@ -8,12 +8,32 @@ or a memory bank, which receive no gradient).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 import torch.distributed as dist
 
+_LOCAL: ContextVar[bool] = ContextVar("selfsup_dist_local", default=False)
+
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return not _LOCAL.get() and dist.is_available() and dist.is_initialized()
+
+
+@contextmanager
+def local() -> Iterator[None]:
+    """Inside the block every helper here acts as on one process: no collective runs.
+
+    For work that each rank repeats on the same complete data, such as a clustering E-step over
+    the whole data set: combining the ranks' copies would count every row world_size times.
+    """
+    token = _LOCAL.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL.reset(token)
 
 
 def rank() -> int:

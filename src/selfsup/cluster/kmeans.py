@@ -227,7 +227,7 @@ def _import_faiss():
 
 @torch.no_grad()
 def kmeans(x: Tensor, k: int, iterations: int = 20, seed: int = 0, init: str = "kmeans++",
-           spherical: bool = False, backend: str = "torch") -> tuple[Tensor, Tensor]:
+           spherical: bool = False, backend: str = "torch", distributed: bool = True) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means with DeepCluster's empty-cluster handling.
 
     Minimises DeepCluster's objective (Caron et al. 2018, arXiv 1807.05520, Eq. 2)
@@ -251,7 +251,14 @@ def kmeans(x: Tensor, k: int, iterations: int = 20, seed: int = 0, init: str = "
     (float64 for float64 input); ``assignments`` are this rank's rows, and ``centroids`` are the
     means of the points assigned to them (L2-normalised if spherical). Under
     torch.distributed every rank gets the centroids of k-means over all ranks' rows.
+
+    ``distributed=False``: ``x`` is the whole data set on every rank (as in an E-step over the
+    full training set); each rank clusters it alone, with no collective, so no row is counted
+    once per rank, and every rank gets the result of one process on ``x``.
     """
+    if not distributed:
+        with dist.local():
+            return kmeans(x, k, iterations, seed, init, spherical, backend)
     x = _as_features(x, "kmeans")
     if init not in _INITS:
         raise SelfSupError(f"kmeans init must be one of {_INITS}, got {init!r}")
@@ -316,7 +323,7 @@ def _faiss_train(faiss, x: Tensor, init: Tensor, k: int, iterations: int, seed: 
 
 
 @torch.no_grad()
-def pca_whiten(x: Tensor, dim: int, eps: float = 1e-5) -> Tensor:
+def pca_whiten(x: Tensor, dim: int, eps: float = 1e-5, distributed: bool = True) -> Tensor:
     """PCA-reduce to ``dim`` dimensions and whiten, DeepCluster's preprocessing before k-means
     (Caron et al. 2018, arXiv 1807.05520, Sec. 4: features are PCA-reduced to 256 dimensions,
     whitened and L2-normalised before clustering).
@@ -326,8 +333,12 @@ def pca_whiten(x: Tensor, dim: int, eps: float = 1e-5) -> Tensor:
     DeepCluster then L2-normalises each row; do that with ``F.normalize`` or ``kmeans(...,
     spherical=True)``. Eigenvector signs are fixed (largest entry positive) so the output is
     reproducible. Under torch.distributed, mean and covariance are over all ranks' rows and each
-    rank gets its own rows transformed.
+    rank gets its own rows transformed; with ``distributed=False`` each rank treats its ``x`` as
+    the whole data set, as :func:`kmeans` does.
     """
+    if not distributed:
+        with dist.local():
+            return pca_whiten(x, dim, eps)
     x = _as_features(x, "pca_whiten")
     d = x.shape[1]
     if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= d:

@@ -89,7 +89,7 @@ def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -
 
 @torch.no_grad()
 def sinkhorn_sela(log_probs: Tensor, lamb: float = 25.0, tol: float = 1e-1, max_iterations: int = 1000,
-                  return_plan: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                  return_plan: bool = False, distributed: bool = True) -> Tensor | tuple[Tensor, Tensor]:
     """SeLa's self-labelling step (Asano et al. 2020, "Self-labelling via simultaneous clustering
     and representation learning", arXiv 1911.05371, Sec. 3.1: the optimal labelling of the
     entropy-regularised equipartition problem is Q = diag(alpha) P^lambda diag(beta), found by
@@ -108,11 +108,15 @@ def sinkhorn_sela(log_probs: Tensor, lamb: float = 25.0, tol: float = 1e-1, max_
     plan, since a per-sample shift is absorbed by c). Each row's maximum is subtracted before
     exp for the same reason, so P^lambda never underflows for a whole sample. Under
     torch.distributed, N and the sums over samples are all-reduced, so each rank labels its rows
-    of the global problem.
+    of the global problem. ``distributed=False``: every rank holds all N rows (an E-step over the
+    whole data set) and solves the problem alone, without any collective.
 
     Returns labels (N,) long, or ``(labels, plan)`` with the float64 (N, K) plan Q when
     ``return_plan``.
     """
+    if not distributed:
+        with dist.local():
+            return sinkhorn_sela(log_probs, lamb, tol, max_iterations, return_plan)
     _check_scores(log_probs, "sinkhorn_sela")
     if not lamb > 0:
         raise SelfSupError(f"sinkhorn_sela lamb must be positive, got {lamb}")

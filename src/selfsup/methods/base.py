@@ -45,6 +45,8 @@ class Context:
     eval_batches: Callable[[], Iterator[tuple[Tensor, Tensor, Tensor]]] | None = None
     dataset_size: int = 0
     log: dict[str, float] = field(default_factory=dict)  # hook outputs worth logging
+    # A hook that re-initialises parameters (DeepCluster's classifier) drops their stale state here.
+    optimizer: torch.optim.Optimizer | None = None
 
     @property
     def progress(self) -> float:

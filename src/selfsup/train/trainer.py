@@ -134,6 +134,8 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
         if "guard" in loop:
             guard.load_state_dict(loop["guard"])
     sums: dict[str, float] = dict(loop.get("epoch_sums", {}))  # running sums of the current epoch's values
+    # Per-key counts: hook metrics (ctx.log) arrive once per epoch or per E-step, not every step.
+    counts: dict[str, int] = dict(loop.get("epoch_counts", {}))
     count: int = loop.get("epoch_count", 0)
     best: float | None = loop.get("best_knn_top1")  # best online kNN top-1 so far
     keep_lines = loop.get("metrics_lines")
@@ -150,13 +152,14 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
 
     def context(epoch: int) -> Context:
         return Context(epoch=epoch, step=step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                       epochs=cfg.epochs, device=device, eval_batches=eval_batches, dataset_size=len(loader.dataset))
+                       epochs=cfg.epochs, device=device, eval_batches=eval_batches, dataset_size=len(loader.dataset),
+                       optimizer=optimizer)
 
     def save(epochs_done: int, path: Path | None = None) -> Path | None:
         if run_dir is None or not dist.is_main():
             return None
-        loop = {"guard": guard.state_dict(), "epoch_sums": dict(sums), "epoch_count": count,
-                "best_knn_top1": best, "metrics_lines": log.lines}
+        loop = {"guard": guard.state_dict(), "epoch_sums": dict(sums), "epoch_counts": dict(counts),
+                "epoch_count": count, "best_knn_top1": best, "metrics_lines": log.lines}
         state = ckpt.training_state(method, optimizer, aug_gen, epoch=epochs_done, step=step, batch_in_epoch=batch,
                                     loop=loop, dataset_size=len(loader.dataset), config=config_dict or {})
         path = path or ckpt.checkpoint_path(run_dir, epochs_done, step if batch else None)
@@ -264,6 +267,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                     ctx.log.clear()
                     for k, v in values.items():
                         sums[k] = sums.get(k, 0.0) + v
+                        counts[k] = counts.get(k, 0) + 1
                     count += 1
                     ips = images_seen / max(1e-9, time.perf_counter() - t_epoch)
                     health = collapse(out, step) if stepped else {}
@@ -280,7 +284,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                 if stepped and cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
                     save(epoch)
             bar.close()
-            record = {"epoch": epoch + 1, "step": step, **{k: v / max(1, count) for k, v in sums.items()},
+            record = {"epoch": epoch + 1, "step": step, **{k: v / counts[k] for k, v in sums.items()},
                       "skipped_steps": guard.total, "epoch_time_s": round(time.perf_counter() - t_epoch, 3)}
             if loader.failed:
                 record["unreadable_images"] = len(loader.failed)
@@ -299,7 +303,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                                   if k not in ("epoch", "step") and not (k == "skipped_steps" and v == 0))
                 print(f"epoch {epoch + 1}/{cfg.epochs}: {shown}", flush=True)
-            batch, sums, count = 0, {}, 0
+            batch, sums, counts, count = 0, {}, {}, 0
             halt = stop_requested() and not finished
             every = cfg.checkpoint_every_steps
             path = None
