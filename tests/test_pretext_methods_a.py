@@ -19,11 +19,12 @@ from selfsup.data.color import ab_bins, encode_ab, lab_to_rgb, rebalance_weights
 from selfsup.data.datasets import load_digits
 from selfsup.data.pretext import central_mask, random_region_mask
 from selfsup.data.views import build_recipe
+from selfsup.errors import SelfSupError
 from selfsup.losses import colorization_loss, counting_loss_terms, inpainting_loss, inpainting_weights
 from selfsup.methods import METHODS, Colorization, ContextEncoder, Counting, RotNet
 from selfsup.methods.colorization import AB_SCALE
 from selfsup.methods.counting import partner_index
-from selfsup.models import ResNet
+from selfsup.models import MLP, ResNet, UpsampleDecoder, feature_geometry, upsampling_stages
 from selfsup.train.pretrain import build_method, pretrain
 
 
@@ -50,6 +51,24 @@ def _record_features(backbone: nn.Module) -> list[torch.Tensor]:
 
     backbone.forward_features = wrapped
     return seen
+
+
+# -------------------------------------------------------------------------------------- decoder
+
+
+@pytest.mark.parametrize("stem, stride", [("cifar", 8), ("imagenet", 32)])
+def test_decoder_matches_the_backbone_and_returns_the_asked_size(stem, stride):
+    backbone = ResNet("resnet18", stem, 0.125)
+    was = {k: v.clone() for k, v in backbone.state_dict().items()}
+    channels, got = feature_geometry(backbone)
+    assert (channels, got) == (backbone.out_dim, stride) and backbone.training
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in was.items())  # BN statistics untouched
+    assert upsampling_stages(8) == 3 and upsampling_stages(8, 4) == 1 and upsampling_stages(32, 1) == 5
+    decoder = UpsampleDecoder(channels, 5, upsampling_stages(stride, 4))
+    out = decoder(backbone.forward_features(torch.randn(2, 3, 32, 32)), (8, 8))
+    assert out.shape == (2, 5, 8, 8)
+    with pytest.raises(SelfSupError, match="forward_features"):
+        feature_geometry(MLP(4, 8, 4))
 
 
 # ------------------------------------------------------------------------------ loss references
