@@ -23,15 +23,18 @@ global pooling, a linear score) sees the predicted region (the removed pixels an
 border; zero elsewhere): the real pixels or the decoder's output. In our single-optimizer trainer
 both players are trained by one backward pass: the discriminator's loss is computed on the
 detached prediction, and the generator's adversarial term goes through a copy of the
-discriminator whose parameters are detached, so each player only gets its own gradients.
+discriminator whose parameters are detached, so each player only gets its own gradients; both
+step at the trainer's lr. On the digits (3 epochs) a = 0.001 changed kNN accuracy little (+17
+over random init, as pure L2), a = 0.1 lowered it (+12).
 
-Paper defaults: 128 px input, central 64 px region; the released code removes the central region
-less a 4 px border that is still predicted (10x weight); Adam lr 2e-4 (x10 for the generator
-when the losses are mixed), beta1 0.5. Deviations: our removed region is the whole central
-quarter and the weighted border (default 1 px at 32 px, the paper's 4/128 of the side) lies
-outside it, so the removed area keeps the paper's 1/4; an AlexNet-style encoder with a
-channel-wise fully connected bottleneck is replaced by our ResNet's feature map and a
-convolutional decoder; one optimizer for all parameters.
+Paper defaults: 128 px input, central 64 px region; the released code's centre-region training
+(overlapPred=4, wtl2=0.999) removes the central region less a 4 px border that is still predicted
+with 10x weight, while its random-region training uses no overlap (set ``overlap: 0`` for that);
+Adam lr 2e-4 (x10 for the generator when the losses are mixed), beta1 0.5. Deviations: our
+removed region is the whole central quarter and the weighted border (default 1 px at 32 px, the
+paper's 4/128 of the side) lies outside it, so the removed area keeps the paper's 1/4; the
+AlexNet-style encoder with a channel-wise fully connected bottleneck is replaced by our ResNet's
+feature map and a convolutional decoder; one optimizer for all parameters.
 """
 
 from __future__ import annotations
