@@ -42,7 +42,7 @@ class ModelConfig:
 
 @dataclass
 class ViewsConfig:
-    recipe: str = "simclr"  # simclr | byol | multicrop | single
+    recipe: str = "simclr"  # simclr | byol | multicrop | single | colorization
     size: int = 32
     options: dict[str, Any] = field(default_factory=dict)  # extra arguments of the recipe
     mean: list[float] | None = None  # None: measured on the training data

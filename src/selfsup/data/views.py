@@ -15,13 +15,15 @@ from torch import Tensor
 
 from selfsup import dist
 from selfsup.data import augment as A
+from selfsup.data.color import lab_to_rgb, rgb_to_lab
 from selfsup.errors import SelfSupError
 
 
 @dataclass(frozen=True)
 class ViewSpec:
     """One kind of view. ``jitter_strength`` is SimCLR's colour strength s: brightness,
-    contrast and saturation 0.8 s, hue 0.2 s."""
+    contrast and saturation 0.8 s, hue 0.2 s. ``split_lightness`` makes the view two tensors of
+    the same crop (see :class:`ViewRecipe`)."""
 
     size: int = 32
     scale: tuple[float, float] = (0.08, 1.0)
@@ -31,6 +33,7 @@ class ViewSpec:
     gray_p: float = 0.2
     blur_p: float = 0.0
     solarize_p: float = 0.0
+    split_lightness: bool = False
 
     def __call__(self, x: Tensor, g: torch.Generator) -> Tensor:
         x = A.random_resized_crop(x, self.size, g, self.scale, flip_p=self.flip_p)
@@ -52,6 +55,8 @@ class ViewRecipe:
 
     ``pre`` is an optional step on the full-size float batch before any view is cut (ReLICv2's
     background removal uses it); it receives the batch, the data set indices and the generator.
+    A spec with ``split_lightness`` gives two tensors: the grey image of the same CIE L,
+    normalized, then the colour view itself as unnormalized sRGB in [0, 1] (colorization).
     """
 
     specs: list[ViewSpec]
@@ -66,11 +71,25 @@ class ViewRecipe:
         with A.sharded(dist.rank(), dist.world_size()):
             if self.pre is not None:
                 x = self.pre(x, index, g)
-            return [A.normalize(spec(x, g), self.mean, self.std) for spec in self.specs]
+            views = []
+            for spec in self.specs:
+                v = spec(x, g)
+                if spec.split_lightness:
+                    lab = rgb_to_lab(v)
+                    gray = lab_to_rgb(torch.cat((lab[:, :1], torch.zeros_like(lab[:, 1:])), 1))
+                    views += [A.normalize(gray, self.mean, self.std), v]
+                else:
+                    views.append(A.normalize(v, self.mean, self.std))
+        return views
+
+    @property
+    def normalized(self) -> list[bool]:
+        """Per output view: normalized (True), or sRGB in [0, 1] (the colour half of a split view)."""
+        return [flag for s in self.specs for flag in ((True, False) if s.split_lightness else (True,))]
 
     @property
     def num_views(self) -> int:
-        return len(self.specs)
+        return len(self.normalized)
 
     def check_image_size(self, image_size: tuple[int, int]) -> None:
         big = max(s.size for s in self.specs)
@@ -121,11 +140,19 @@ def single(size: int = 32, **kw) -> list[ViewSpec]:
     return [ViewSpec(size=size, scale=(0.5, 1.0), jitter_p=0.0, gray_p=0.0, **kw)]
 
 
+def colorization(size: int = 32, **kw) -> list[ViewSpec]:
+    """``single``'s view split for colorization (Zhang et al. 2016, arXiv 1603.08511): the grey image
+    of equal CIE L (normalized like every view: the network input) and the same crop's colours
+    as sRGB in [0, 1] (where the ab targets come from)."""
+    return [ViewSpec(size=size, scale=(0.5, 1.0), jitter_p=0.0, gray_p=0.0, split_lightness=True, **kw)]
+
+
 RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {
     "simclr": simclr,
     "byol": byol,
     "multicrop": multicrop,
     "single": single,
+    "colorization": colorization,
 }
 
 

@@ -1,8 +1,12 @@
 """Methods: one file each. ``METHODS`` maps the config name to the class, nothing more."""
 
 from selfsup.methods.base import Context, Method
+from selfsup.methods.colorization import Colorization
+from selfsup.methods.counting import Counting
 from selfsup.methods.deepcluster import DeepCluster
+from selfsup.methods.inpainting import ContextEncoder
 from selfsup.methods.pcl import PCL
+from selfsup.methods.rotation import RotNet
 from selfsup.methods.sela import SeLa
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.swav import SwAV
@@ -13,6 +17,11 @@ METHODS: dict[str, type[Method]] = {
     "sela": SeLa,
     "swav": SwAV,
     "pcl": PCL,
+    "rotation": RotNet,
+    "colorization": Colorization,
+    "inpainting": ContextEncoder,
+    "counting": Counting,
 }
 
-__all__ = ["METHODS", "Context", "DeepCluster", "Method", "PCL", "SeLa", "SimCLR", "SwAV"]
+__all__ = ["METHODS", "Colorization", "ContextEncoder", "Context", "Counting", "DeepCluster", "Method", "PCL",
+           "RotNet", "SeLa", "SimCLR", "SwAV"]

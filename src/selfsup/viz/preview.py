@@ -31,7 +31,8 @@ def preview_grid(images: Tensor, recipe: ViewRecipe, out: str | Path, seed: int 
     fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols, 1.3 * n), squeeze=False)
     for r in range(n):
         tiles = [images[r : r + 1].float().cpu() / 255]
-        tiles += [_denorm(v[r : r + 1], recipe.mean, recipe.std) for v in views]
+        tiles += [_denorm(v[r : r + 1], recipe.mean, recipe.std) if norm else v[r : r + 1].cpu().float().clamp(0, 1)
+                  for v, norm in zip(views, recipe.normalized)]
         for c, t in enumerate(tiles):
             ax = axes[r][c]
             ax.imshow(t[0].permute(1, 2, 0).numpy(), interpolation="nearest")

@@ -1,0 +1,84 @@
+"""Counting (Noroozi, Pirsiavash, Favaro 2017, "Representation Learning by Learning to Count",
+arXiv 1708.06734).
+
+The network phi "counts" visual primitives: a vector of non-negative counts per image. Counts do
+not change with scale and add up over a partition, so the counts of the downsampled image D(x)
+must equal the sum of the counts of its 2x2 tiles T_j(x), all of the same size. The trivial
+solution phi = 0 is ruled out by a contrastive term that keeps another image y's counts at least
+sqrt(M) away from x's tile sum:
+
+    loss = ||phi(D(x)) - sum_j phi(T_j(x))||^2 + max(0, M - ||phi(D(y)) - sum_j phi(T_j(x))||^2)
+
+(``losses.counting``, M = 10). D picks a random interpolation (bilinear, bicubic, area, nearest)
+per image, so the network cannot tell D(x) from a tile by its resampling artefacts, and a random
+fraction ``grayscale_p`` of the images is made grey, so that counts do not rest on colour alone
+(``data.pretext``). phi is the backbone's pooled features followed by a 2-layer MLP and a ReLU,
+``count_dim`` = 1000 outputs as in the paper. The partner y of image i is image i xor 1 of the
+process's batch (pairs (0, 1), (2, 3), ...; with an odd batch the last image pairs with the
+first): the loss is then a mean of per-pair terms and, for even per-process batches, the same on
+one process and on several.
+
+The trivial solution is also absorbing: once every count's ReLU is off for all inputs no gradient
+flows, and the loss sits at exactly M (equivariance 0, contrastive M) for good. Our reading of why:
+at random init the features of different images are much alike, so shrinking all counts lowers
+the equivariance term faster than the contrastive term can grow. In our short runs on the digits (16 px, SGD with
+lr 0.025 to 0.1) the counts collapsed within the first one or two epochs in most seeds and
+settings (a BatchNorm before the ReLU, a softplus instead of it, lr warm-up and lower weight decay
+did not prevent it; Adam at lr 1e-4 to 1e-3 did, but its encoder gained only 1-2 kNN points).
+What the encoder learned before the collapse stays: kNN top-1 still beats random init (see the
+tests), but later epochs teach it nothing. ``active_counts`` (the percentage of count entries
+above 0) is logged so that a run shows it.
+
+Paper defaults: AlexNet on 114 px tiles of a 228 px crop (phi's last layer fc 1000 + ReLU), M =
+10. Deviations: a ResNet backbone with an MLP head; with ``views.size`` = 32 the tiles and D(x)
+are 16 px, so the encoder trains at half the resolution it is evaluated at (the paper's AlexNet
+is likewise trained on 114 px and transferred at 227 px); grey conversion is applied to the
+normalized view (exactly the normalized grey image when the channel statistics are equal, as on
+grey data; otherwise a grey image of slightly different contrast); ``grayscale_p`` = 0.3 is our
+choice, the paper gives no rate we rely on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.data.pretext import counting_tiles, random_downsample, random_grayscale
+from selfsup.losses import counting_loss_terms
+from selfsup.methods.base import Method
+from selfsup.models import MLP
+
+
+def partner_index(b: int, device: torch.device | str | None = None) -> Tensor:
+    """The contrastive partner of each image of a batch of ``b``: i xor 1 (the last one pairs with
+    the first when ``b`` is odd)."""
+    idx = torch.arange(b, device=device) ^ 1
+    if b % 2:
+        idx[-1] = 0
+    return idx
+
+
+class Counting(Method):
+    def __init__(self, backbone: nn.Module, count_dim: int = 1000, hidden_dim: int = 2048, margin: float = 10.0,
+                 grayscale_p: float = 0.3):
+        super().__init__(backbone)
+        if not 0 <= grayscale_p <= 1:
+            raise ValueError(f"grayscale_p must be a probability, got {grayscale_p}")
+        self.margin, self.grayscale_p = margin, grayscale_p
+        self.counter = nn.Sequential(MLP(backbone.out_dim, hidden_dim, count_dim, layers=2), nn.ReLU())
+
+    def training_step(self, views: list[Tensor], index: Tensor) -> dict[str, Tensor]:
+        x = views[0]
+        b, c, h, w = x.shape
+        if b < 2:
+            raise ValueError("counting needs at least 2 images per batch (the contrastive term pairs them)")
+        x = random_grayscale(x, self.grayscale_p)
+        tiles = counting_tiles(x)  # (B, 4, C, h/2, w/2)
+        down = random_downsample(x, tuple(tiles.shape[-2:]), per_sample=True)
+        phi = self.counter(self.backbone(torch.cat((down, tiles.flatten(0, 1))))).float()
+        phi_down, phi_tiles = phi[:b], phi[b:].view(b, 4, -1)
+        terms = counting_loss_terms(phi_down, phi_tiles, phi_down[partner_index(b, x.device)], self.margin)
+        with torch.no_grad():
+            active = (phi > 0).float().mean() * 100
+        return {"loss": terms.loss, "equivariance": terms.equivariance, "contrastive": terms.contrastive,
+                "active_counts": active}
