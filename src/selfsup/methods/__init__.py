@@ -1,10 +1,14 @@
 """Methods: one file each. ``METHODS`` maps the config name to the class, nothing more."""
 
 from selfsup.methods.base import Context, Method
+from selfsup.methods.jigsaw import Jigsaw
+from selfsup.methods.relative_position import RelativePosition
 from selfsup.methods.simclr import SimCLR
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
+    "jigsaw": Jigsaw,
+    "relative_position": RelativePosition,
 }
 
-__all__ = ["METHODS", "Context", "Method", "SimCLR"]
+__all__ = ["METHODS", "Context", "Jigsaw", "Method", "RelativePosition", "SimCLR"]
