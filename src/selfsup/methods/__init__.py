@@ -4,11 +4,13 @@ from selfsup.methods.base import Context, Method
 from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.relative_position import RelativePosition
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.transitive import Transitive
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
     "jigsaw": Jigsaw,
     "relative_position": RelativePosition,
+    "transitive": Transitive,
 }
 
-__all__ = ["METHODS", "Context", "Jigsaw", "Method", "RelativePosition", "SimCLR"]
+__all__ = ["METHODS", "Context", "Jigsaw", "Method", "RelativePosition", "SimCLR", "Transitive"]
