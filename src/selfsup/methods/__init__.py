@@ -2,6 +2,7 @@
 
 from selfsup.methods.base import Context, Method
 from selfsup.methods.jigsaw import Jigsaw
+from selfsup.methods.multitask import MultiTask
 from selfsup.methods.relative_position import RelativePosition
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.transitive import Transitive
@@ -11,6 +12,7 @@ METHODS: dict[str, type[Method]] = {
     "jigsaw": Jigsaw,
     "relative_position": RelativePosition,
     "transitive": Transitive,
+    "multitask": MultiTask,
 }
 
-__all__ = ["METHODS", "Context", "Jigsaw", "Method", "RelativePosition", "SimCLR", "Transitive"]
+__all__ = ["METHODS", "Context", "Jigsaw", "Method", "MultiTask", "RelativePosition", "SimCLR", "Transitive"]
