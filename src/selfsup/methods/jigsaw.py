@@ -9,8 +9,8 @@ permutation index; the loss is the cross-entropy over the set. Paper defaults: 2
 into 75-px cells with a 64-px tile at a random position inside each cell (a gap of about 11 px
 between tiles plus jitter, so edges cannot be matched), tile mean and standard deviation
 normalized independently, 512 units per tile (fc6), a 4096-unit fc7, and a set of permutations
-chosen greedily for maximal Hamming distance (Algorithm 1; 1000 permutations give their best
-transfer, 100 is the size of their ablations and our default).
+chosen greedily for maximal Hamming distance (Algorithm 1; the paper's main model uses 1000, our
+default is 100).
 
 Deviations: a ResNet instead of AlexNet; BatchNorm in the head. At CIFAR scale a 32-px view has
 10-px cells and 9-px tiles (the paper's 64/75 ratio), which the encoder shrinks to 2x2 at its last

@@ -16,7 +16,8 @@ Here, for a collection of images:
   when the data set is a folder of consecutive video frames (``frames_per_video`` > 0: samples
   i and j are frames of one video when ``i // frames_per_video == j // frames_per_video``, in
   the data set's index order, i.e. sorted file names for an image folder), frames at most
-  ``frame_window`` apart in one video;
+  ``frame_window`` apart in one video. Videos must all have that many frames: data sets with
+  videos of different lengths (which would need a per-image video id) are not supported;
 * inter-instance edges are rebuilt every ``rebuild_every`` epochs in ``on_epoch_start``: backbone
   features of the whole unaugmented training set (``ctx.eval_batches``), spherical k-means into
   ``num_clusters`` clusters, and disjoint groups of ``group_size`` mutual ``neighbors``-nearest
