@@ -1,8 +1,9 @@
 """Clustering for self-supervision: k-means (DeepCluster), Sinkhorn-Knopp equipartition (SwAV,
-SeLa) and clustering metrics."""
+SeLa), mutual nearest-neighbour groups (Transitive Invariance) and clustering metrics."""
 
 from selfsup.cluster.kmeans import kmeans, pca_whiten
 from selfsup.cluster.metrics import ari, cluster_accuracy, cluster_health, nmi
+from selfsup.cluster.neighbors import mutual_knn_groups
 from selfsup.cluster.sinkhorn import sinkhorn_knopp, sinkhorn_sela
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "ari",
     "cluster_accuracy",
     "cluster_health",
+    "mutual_knn_groups",
 ]

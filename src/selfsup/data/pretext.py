@@ -189,6 +189,9 @@ def maximal_hamming_permutations(n: int = 100, tiles: int = 9, seed: int = 0, cr
         raise SelfSupError(f"maximal_hamming_permutations seed must be an int, got {seed!r}.")
 
     pool = _all_permutations(tiles)
+    # One contiguous row per tile position: comparing a column at a time is ~20x faster than a
+    # reduction along the 9-byte rows of the table.
+    columns = np.ascontiguousarray(pool.T)
     rng = np.random.default_rng(int(seed))
     chosen = [int(rng.integers(total))]
     taken = np.zeros(total, dtype=bool)
@@ -197,7 +200,9 @@ def maximal_hamming_permutations(n: int = 100, tiles: int = 9, seed: int = 0, cr
     for _ in range(n - 1):
         newest = chosen[-1]
         taken[newest] = True
-        d = (pool != pool[newest]).sum(axis=1, dtype=np.int16)
+        d = np.zeros(total, dtype=np.int16)
+        for position, value in enumerate(pool[newest]):
+            d += columns[position] != value
         np.minimum(dist_min, d, out=dist_min)
         dist_sum += d
         if criterion == "min":

@@ -16,10 +16,12 @@ from selfsup.losses.instdisc import (
 from selfsup.losses.protonce import pcl_concentration, proto_nce_loss
 from selfsup.losses.relic import ReLICTerms, relic_loss, relic_loss_terms
 from selfsup.losses.swav import swav_loss
+from selfsup.losses.triplet import triplet_loss
 
 __all__ = [
     "CountingTerms", "ReLICTerms", "amdim_loss", "byol_loss", "clip_loss", "colorization_loss", "counting_loss",
     "counting_loss_terms", "dim_local_loss", "estimate_nce_normalizer", "info_nce", "info_nce_in_batch",
     "inpainting_loss", "inpainting_weights", "instdisc_nce_loss", "nonparametric_softmax_loss", "nt_xent",
     "pcl_concentration", "proto_nce_loss", "proximal_term", "relic_loss", "relic_loss_terms", "swav_loss",
+    "triplet_loss",
 ]

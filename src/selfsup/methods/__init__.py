@@ -5,11 +5,15 @@ from selfsup.methods.colorization import Colorization
 from selfsup.methods.counting import Counting
 from selfsup.methods.deepcluster import DeepCluster
 from selfsup.methods.inpainting import ContextEncoder
+from selfsup.methods.jigsaw import Jigsaw
+from selfsup.methods.multitask import MultiTask
 from selfsup.methods.pcl import PCL
+from selfsup.methods.relative_position import RelativePosition
 from selfsup.methods.rotation import RotNet
 from selfsup.methods.sela import SeLa
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.swav import SwAV
+from selfsup.methods.transitive import Transitive
 
 METHODS: dict[str, type[Method]] = {
     "simclr": SimCLR,
@@ -21,7 +25,11 @@ METHODS: dict[str, type[Method]] = {
     "colorization": Colorization,
     "inpainting": ContextEncoder,
     "counting": Counting,
+    "jigsaw": Jigsaw,
+    "relative_position": RelativePosition,
+    "transitive": Transitive,
+    "multitask": MultiTask,
 }
 
-__all__ = ["METHODS", "Colorization", "ContextEncoder", "Context", "Counting", "DeepCluster", "Method", "PCL",
-           "RotNet", "SeLa", "SimCLR", "SwAV"]
+__all__ = ["METHODS", "Colorization", "ContextEncoder", "Context", "Counting", "DeepCluster", "Jigsaw", "Method",
+           "MultiTask", "PCL", "RelativePosition", "RotNet", "SeLa", "SimCLR", "SwAV", "Transitive"]

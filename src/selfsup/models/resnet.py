@@ -5,7 +5,7 @@ The CIFAR stem (a 3x3 stride-1 convolution, no max-pool) is the one SimCLR uses 
 about 16x cheaper, useful on CPUs). Parameter and buffer names follow torchvision's ResNet
 (``conv1``, ``bn1``, ``layer1.0.conv1``, ``downsample.0``...), so exported weights load there.
 The forward pass returns pooled features ``(B, out_dim)``; ``forward_features`` returns the last
-feature map for methods that need local features.
+feature map for methods that need local features, ``forward_stages`` the output of every stage.
 """
 
 from __future__ import annotations
@@ -86,12 +86,14 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(c[0])
         self.relu = nn.ReLU(inplace=True)
         cin = c[0]
+        self.stage_dims: list[int] = []  # channels of each forward_stages output
         for i, (planes, n) in enumerate(zip(c, layers)):
             blocks = []
             for j in range(n):
                 blocks.append(block(cin, planes, stride=2 if (i > 0 and j == 0) else 1))
                 cin = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            self.stage_dims.append(cin)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.out_dim = cin
         for m in self.modules():
@@ -103,9 +105,17 @@ class ResNet(nn.Module):
                 if isinstance(m, (BasicBlock, Bottleneck)) and last is not None:
                     nn.init.zeros_(last.weight)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """The feature maps after layer1..layer4 (strides 1, 2, 4, 8 after the stem)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        out = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            out.append(x)
+        return out
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.forward_stages(x)[-1]
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.flatten(self.avgpool(self.forward_features(x)), 1)
