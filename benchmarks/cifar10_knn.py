@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--name", default=None, help="run name (default: <recipe>-cifar10)")
     p.add_argument("overrides", nargs="*", help="extra section.key=value overrides")
-    a = p.parse_args()
+    a = p.parse_intermixed_args()
     name = a.name or f"{Path(a.recipe).stem}-cifar10"
     overrides = [f"data.path={a.data}", f"data.subset={a.subset}", f"model.width={a.width}",
                  f"train.epochs={a.epochs}", f"train.batch_size={a.batch_size}", "train.knn_every=0",

@@ -39,19 +39,22 @@ def relic_loss_terms(
     Buesing, Pascanu, Blundell & Mitrovic (2022), "Pushing the limits of self-supervised ResNets: Can
     we outperform supervised learning without labels on ImageNet?", arXiv:2201.05119.
 
-    Let :math:`a_i` (anchor view :math:`l_1`, online network f) and :math:`z_i` (positive view
-    :math:`l_2`, target network g) be the L2-normalised rows, :math:`\phi(u, v) = u\cdot v`, and
-    :math:`S_{ij} = \phi(a_i, z_j)/\tau`. The candidates for the identity :math:`Y^R` of image i are
-    the N images of the batch. The two likelihoods over the candidates are
+    ``anchor`` holds the online network's outputs for one view of N images, ``positive`` the
+    (target) network's outputs for another view of the same N images, row i for image i. Let
+    :math:`a_i`, :math:`z_i` be the L2-normalised rows, :math:`\phi(u, v) = u\cdot v` and
+    :math:`S_{ij} = \phi(a_i, z_j)/\tau`. The candidates for the identity :math:`Y^R` of image i
+    are the N images of the batch, and there are two likelihoods over them, the rows and the
+    columns of S:
 
     .. math::
         p^{a}_{i}(j) = \frac{e^{S_{ij}}}{\sum_{m=1}^{N} e^{S_{im}}}, \qquad
         p^{z}_{i}(j) = \frac{e^{S_{ji}}}{\sum_{m=1}^{N} e^{S_{mi}}}
 
-    :math:`p^a_i` is the anchor view scoring the positive-view candidates :math:`z_j`;
-    :math:`p^z_i` is the positive view scoring the anchor-view candidates :math:`a_j` (the same
-    proxy task with the two augmentations swapped, ReLIC's :math:`p^{do(a_{lk})}` versus
-    :math:`p^{do(a_{kl})}`). The loss is
+    :math:`p^a_i` is the anchor view of image i scoring the positive-view candidates :math:`z_j`
+    (ReLIC's :math:`p^{do(a_{lk})}(Y^R = j \mid f(x_i)) \propto \exp(\phi(f(x_i^{a_l}), h(x_j^{a_k}))/\tau)`);
+    :math:`p^z_i` is the positive view of image i scoring the anchor-view candidates :math:`a_j`,
+    the same proxy task with the two views swapped (ReLIC's :math:`p^{do(a_{qt})}` when the two
+    networks are one, h = f). The loss is
 
     .. math::
         \mathcal{L} = \frac{1}{N}\sum_{i=1}^{N}\Bigl[
@@ -59,19 +62,23 @@ def relic_loss_terms(
             + \beta\, \mathrm{KL}\bigl(p^{a}_{i} \,\Vert\, \operatorname{sg}[p^{z}_{i}]\bigr)\Bigr],
         \qquad \mathrm{KL}(p\Vert q) = \sum_j p(j)\,(\log p(j) - \log q(j))
 
-    As in ReLICv2, :math:`\alpha` weights the contrastive (NLL) term and :math:`\beta` the
-    invariance (KL) term; ReLIC (v1) writes the same loss with the contrastive weight fixed to 1 and
-    calls the invariance weight :math:`\alpha`, which is ``beta`` here. The KL runs from the
-    online (anchor) likelihood to the target (positive) likelihood, and the target likelihood is
-    under a stop-gradient (:math:`\operatorname{sg}`), as ReLICv2 writes it. With ``beta = 0`` and
-    ``alpha = 1`` the loss is exactly the in-batch contrastive NLL
+    ``alpha`` multiplies the contrastive (instance-discrimination NLL) term and ``beta`` the
+    invariance (KL) term, ReLICv2's naming. ReLIC (v1) writes the contrastive weight as 1 and calls
+    the invariance weight :math:`\alpha`: v1's alpha is ``beta`` here. The KL runs from the anchor
+    (online) likelihood :math:`p^a` to the positive-side likelihood :math:`p^z`, and :math:`p^z`
+    is under a stop-gradient (:math:`\operatorname{sg}`, ``detach``): the invariance term moves the
+    anchor's likelihood only. Nothing else is detached; ``positive`` normally comes from the EMA
+    target network and carries no gradient anyway. v1 sums the KL over both orders of every pair
+    of augmentations, so its direction is immaterial there; callers get that by summing over both
+    orders of the views.
+
+    With ``beta = 0`` and ``alpha = 1`` the loss is exactly the in-batch contrastive NLL
     (``info_nce_in_batch(anchor, positive, temperature)``). The KL is 0 when ``anchor`` and
     ``positive`` are equal (S is then symmetric, so :math:`p^a_i = p^z_i`), and positive whenever
     the two likelihoods differ. ReLICv2's multi-crop loop (every online crop against every target
-    large crop, averaged) is the caller's.
+    large crop, averaged over the (L + S) x L pairs, as its pseudo-code does) is the caller's.
 
-    Nothing other than :math:`p^z` is detached; ``positive`` normally comes from the EMA target
-    network and carries no gradient anyway. Defaults: tau = 0.1 and alpha = beta = 1.
+    Defaults: tau = 0.1 and alpha = beta = 1.
     """
     _check_matrix(anchor, "anchor")
     _check_matrix(positive, "positive")
@@ -100,10 +107,19 @@ def relic_loss(
     alpha: float = 1.0,
     beta: float = 1.0,
 ) -> Tensor:
-    r"""ReLIC / ReLICv2 loss: ``alpha * NLL + beta * KL(p_anchor || sg[p_positive])``.
+    r"""ReLIC / ReLICv2 loss of one (anchor, positive) pair of view batches, batch-averaged:
 
-    Mitrovic et al. (2021), arXiv:2010.07922; Tomasev et al. (2022), arXiv:2201.05119. Exact
-    formula, definitions and conventions: see :func:`relic_loss_terms`, which also returns the two
-    terms for logging.
+    .. math::
+        \mathcal{L} = \frac{1}{N}\sum_{i=1}^{N}\Bigl[-\alpha \log p^{a}_{i}(i)
+            + \beta\, \mathrm{KL}\bigl(p^{a}_{i} \,\Vert\, \operatorname{sg}[p^{z}_{i}]\bigr)\Bigr]
+
+    with :math:`S_{ij} = \hat a_i \cdot \hat z_j / \tau` on L2-normalised rows,
+    :math:`p^a_i = \mathrm{softmax}_j(S_{ij})` (row i) and :math:`p^z_i = \mathrm{softmax}_j(S_{ji})`
+    (column i). ``alpha`` multiplies the contrastive NLL, ``beta`` the invariance KL; the KL runs
+    from the anchor's likelihood to the positive side's, which is detached (stop-gradient).
+
+    Mitrovic et al. (2021), arXiv:2010.07922; Tomasev et al. (2022), arXiv:2201.05119. Definitions,
+    conventions and the correspondence with the papers' notation: :func:`relic_loss_terms`, which
+    also returns the two terms for logging.
     """
     return relic_loss_terms(anchor, positive, temperature, alpha, beta).loss

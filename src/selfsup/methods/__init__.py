@@ -9,6 +9,7 @@ from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.multitask import MultiTask
 from selfsup.methods.pcl import PCL
 from selfsup.methods.relative_position import RelativePosition
+from selfsup.methods.relic import ReLIC, ReLICv2
 from selfsup.methods.rotation import RotNet
 from selfsup.methods.sela import SeLa
 from selfsup.methods.simclr import SimCLR
@@ -29,7 +30,9 @@ METHODS: dict[str, type[Method]] = {
     "relative_position": RelativePosition,
     "transitive": Transitive,
     "multitask": MultiTask,
+    "relic": ReLIC,
+    "relicv2": ReLICv2,
 }
 
 __all__ = ["METHODS", "Colorization", "ContextEncoder", "Context", "Counting", "DeepCluster", "Jigsaw", "Method",
-           "MultiTask", "PCL", "RelativePosition", "RotNet", "SeLa", "SimCLR", "SwAV", "Transitive"]
+           "MultiTask", "PCL", "ReLIC", "ReLICv2", "RelativePosition", "RotNet", "SeLa", "SimCLR", "SwAV", "Transitive"]

@@ -83,8 +83,14 @@ def build_method(cfg: Config, dataset_size: int = 0) -> Method:
         raise SelfSupError(f"method {name!r}: {e}") from None
 
 
-def build_views(cfg: Config) -> ViewRecipe:
-    return build_recipe(cfg.views.recipe, cfg.views.mean, cfg.views.std, size=cfg.views.size, **cfg.views.options)
+def build_views(cfg: Config, train_set: ArrayDataset | ImageFolder | None = None,
+                device: torch.device | None = None) -> ViewRecipe:
+    # Background removal (views.options.background, ReLICv2) needs the training images for its
+    # foreground masks, estimated on ``device`` and cached per data set under the runs folder.
+    if "background" in cfg.views.options and train_set is None:
+        train_set = load_train_data(cfg)
+    return build_recipe(cfg.views.recipe, cfg.views.mean, cfg.views.std, size=cfg.views.size, dataset=train_set,
+                        mask_cache=Path(cfg.run.dir) / "foreground_masks", mask_device=device, **cfg.views.options)
 
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "data_report.json", "checkpoints")
@@ -149,7 +155,7 @@ def pretrain(cfg: Config, resume_dir: str | Path | None = None, force: bool = Fa
     ckpt.seed_everything(cfg.train.seed)
     train_set = load_train_data(cfg)
     resolve_normalization(cfg, train_set)
-    recipe = build_views(cfg)
+    recipe = build_views(cfg, train_set, device)
     if isinstance(train_set, ArrayDataset):
         recipe.check_image_size(train_set.image_size)
     method = build_method(cfg, len(train_set)).to(device)

@@ -1,4 +1,5 @@
-"""A PNG grid of original images and the views a recipe makes of them."""
+"""A PNG grid of original images, their foreground masks (when the recipe removes backgrounds) and
+the views a recipe makes of them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from selfsup.data.views import ViewRecipe
+from selfsup.data.views import BackgroundRemoval, ViewRecipe
 
 
 def _denorm(x: Tensor, mean, std) -> Tensor:
@@ -18,7 +19,8 @@ def _denorm(x: Tensor, mean, std) -> Tensor:
 
 def preview_grid(images: Tensor, recipe: ViewRecipe, out: str | Path, seed: int = 0,
                  index: Tensor | None = None) -> Path:
-    """One row per image: the original, then each view of the recipe (drawn at its own size)."""
+    """One row per image: the original, its foreground mask when the recipe removes backgrounds
+    (``index`` are then the images' data set indices), then each view (drawn at its own size)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,10 +29,15 @@ def preview_grid(images: Tensor, recipe: ViewRecipe, out: str | Path, seed: int 
     g = torch.Generator().manual_seed(seed)
     idx = index if index is not None else torch.arange(len(images))
     views = recipe(images, g, idx)
-    n, cols = images.shape[0], 1 + len(views)
+    masks = recipe.pre.masks.lookup(idx).cpu() if isinstance(recipe.pre, BackgroundRemoval) else None
+    titles = ["original"] + (["foreground mask"] if masks is not None else [])
+    titles += [f"view {c + 1} ({v.shape[-1]}px)" for c, v in enumerate(views)]
+    n, cols = images.shape[0], len(titles)
     fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols, 1.3 * n), squeeze=False)
     for r in range(n):
         tiles = [images[r : r + 1].float().cpu() / 255]
+        if masks is not None:
+            tiles.append(masks[r : r + 1].float().unsqueeze(1).expand(-1, 3, -1, -1))
         tiles += [_denorm(v[r : r + 1], recipe.mean, recipe.std) if norm else v[r : r + 1].cpu().float().clamp(0, 1)
                   for v, norm in zip(views, recipe.normalized)]
         for c, t in enumerate(tiles):
@@ -39,8 +46,11 @@ def preview_grid(images: Tensor, recipe: ViewRecipe, out: str | Path, seed: int 
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title("original" if c == 0 else f"view {c} ({t.shape[-1]}px)", fontsize=7)
-    fig.suptitle(f"view recipe: {recipe.name}", fontsize=9)
+                ax.set_title(titles[c], fontsize=7)
+    title = f"view recipe: {recipe.name}"
+    if masks is not None:
+        title += f"; background removed with p={recipe.pre.p} per view ({recipe.pre.fill} fill)"
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
