@@ -112,14 +112,17 @@ class ViewRecipe:
 
 
 def simclr(size: int = 32, strength: float = 0.5, blur_p: float | None = None,
-           scale_min: float = 0.08, **kw) -> list[ViewSpec]:
+           scale_min: float = 0.08, num_views: int = 2, **kw) -> list[ViewSpec]:
     """SimCLR's two symmetric views (arXiv 2002.05709, App. A): crop (0.08-1), flip, colour
     jitter (p=0.8, strength s), grayscale (p=0.2), blur (p=0.5, ImageNet only). For CIFAR the
-    paper uses s=0.5 and no blur; blur defaults to on only at sizes of 64 px and up."""
+    paper uses s=0.5 and no blur; blur defaults to on only at sizes of 64 px and up.
+    ``num_views`` makes that many such views (1 for InstDisc's single augmented image)."""
+    if num_views < 1:
+        raise SelfSupError(f"num_views must be at least 1, got {num_views}")
     if blur_p is None:
         blur_p = 0.5 if size >= 64 else 0.0
     v = ViewSpec(size=size, scale=(scale_min, 1.0), jitter_strength=strength, blur_p=blur_p, **kw)
-    return [v, v]
+    return [v] * num_views
 
 
 def byol(size: int = 32, strength: float = 1.0, scale_min: float = 0.08, **kw) -> list[ViewSpec]:

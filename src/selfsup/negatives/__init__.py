@@ -1,5 +1,5 @@
 """Where contrastive negatives come from: in-batch, memory bank, momentum queue."""
 
-from selfsup.negatives.sources import InBatch, MemoryBank, Queue
+from selfsup.negatives.sources import SOURCES, InBatch, MemoryBank, Queue, build_source
 
-__all__ = ["InBatch", "MemoryBank", "Queue"]
+__all__ = ["SOURCES", "InBatch", "MemoryBank", "Queue", "build_source"]

@@ -8,9 +8,11 @@ Contrastive methods differ mostly in where their negatives come from (He et al. 
   momentum update of the rows just seen; no gradient;
 - momentum queue (MoCo, He et al. 2019): a FIFO of keys from a momentum encoder; no gradient.
 
-Every source answers two questions: which extra negatives does this step use (``negatives``),
-and are the batch's other keys negatives too (``in_batch``); and takes the step's keys afterwards
-(``update``). So SimCLR can take a queue, and MoCo a memory bank, by configuration.
+Every source answers three questions: which extra negatives does this step use (``negatives``),
+are the batch's other keys negatives too (``in_batch``), and is row i of the stored negatives the
+query's own image i (``indexed``: a memory bank's row is that image's positive, not a negative);
+and takes the step's keys afterwards (``update``). So SimCLR can take a queue, and MoCo a memory
+bank, by configuration: ``build_source`` makes one from a method's arguments.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class InBatch(nn.Module):
     """The other keys of the batch are the negatives; nothing is stored."""
 
     in_batch = True
+    indexed = False
 
     def negatives(self) -> Tensor | None:
         return None
@@ -43,6 +46,7 @@ class Queue(nn.Module):
     """
 
     in_batch = False
+    indexed = False
 
     def __init__(self, size: int, dim: int, seed: int = 0):
         super().__init__()
@@ -85,6 +89,7 @@ class MemoryBank(nn.Module):
     """
 
     in_batch = False
+    indexed = True
 
     def __init__(self, size: int, dim: int, momentum: float = 0.5, seed: int = 0):
         super().__init__()
@@ -114,3 +119,21 @@ class MemoryBank(nn.Module):
         index = dist.gather_no_grad(index)
         mixed = self.momentum * self.bank[index] + (1 - self.momentum) * features
         self.bank[index] = F.normalize(mixed, dim=1)
+
+
+SOURCES = ("in_batch", "queue", "bank")
+
+
+def build_source(name: str, dim: int, *, queue_size: int = 4096, dataset_size: int = 0,
+                 bank_momentum: float = 0.5) -> InBatch | Queue | MemoryBank:
+    """The source of negatives a method's ``negatives`` argument names, for keys of size ``dim``."""
+    if name == "in_batch":
+        return InBatch()
+    if name == "queue":
+        return Queue(queue_size, dim)
+    if name == "bank":
+        if dataset_size < 1:
+            raise SelfSupError("negatives='bank' keeps one row per image and needs dataset_size (the trainer fills "
+                               "it in; pass dataset_size=len(dataset) when building the method by hand)")
+        return MemoryBank(dataset_size, dim, bank_momentum)
+    raise SelfSupError(f"unknown source of negatives {name!r}; choose one of: {', '.join(SOURCES)}")
