@@ -33,6 +33,12 @@ BASE = ["data.subset=192", "data.image_size=16", "views.size=16", "model.width=0
 
 RESUME_CASES = {
     "simclr": ["method.name=simclr", "method.hidden_dim=64", "method.projection_dim=32"],
+    "moco_v1": ["method.name=moco_v1", "method.queue_size=128"],  # queue
+    "byol": ["method.name=byol", "method.hidden_dim=64", "method.projection_dim=32"],  # EMA target
+    "swav": ["method.name=swav", "method.hidden_dim=64", "method.projection_dim=32", "method.num_prototypes=10",
+             "method.freeze_prototypes_iters=2", "method.queue_length=128", "method.queue_start_epoch=1"],
+    "instdisc": ["method.name=instdisc"],  # memory bank
+    "deepcluster": ["method.name=deepcluster", "method.num_clusters=5", "method.pca_dim=8"],  # cluster state
 }
 
 TIMING_KEYS = ("images_per_s", "epoch_time_s")
