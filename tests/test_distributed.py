@@ -39,3 +39,31 @@ def test_one_process_equals_two(overrides):
             assert torch.allclose(v.float(), state2[k].float(), atol=1e-5), k
     # and the two ranks hold identical weights
     assert all(torch.equal(results[0][1][k], results[1][1][k]) for k in state1)
+
+
+def _files(run):
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+
+
+def test_two_process_cli_run_has_the_shape_of_a_one_process_run_and_resumes(tmp_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "selfsup", "pretrain", "simclr", *TINY[:-3], "train.max_steps=null",
+            "train.epochs=2", "train.batch_size=16", "train.checkpoint_every=1", f"run.dir={tmp_path}",
+            "method.hidden_dim=32", "--quiet"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    one = subprocess.run(base + ["run.name=one"], capture_output=True, text=True, env=env)
+    two = subprocess.run(base + ["run.name=two", "--devices", "2"], capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+    import json
+    loss = [[json.loads(x)["loss"] for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines() if '"lr"' in x]
+            for n in ("one", "two")]
+    assert loss[0] == pytest.approx(loss[1], abs=1e-4)  # global BN and gathers: the same training
+    (tmp_path / "two" / "checkpoints" / "epoch-0002.pt").unlink()
+    again = subprocess.run([sys.executable, "-m", "selfsup", "pretrain", "--resume", str(tmp_path / "two"),
+                            "--devices", "2", "--quiet"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "two" / "checkpoints" / "epoch-0002.pt").exists()

@@ -21,9 +21,19 @@ checkpoint (continue with --resume); 130 stopped at once by a second signal, wit
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import os
+
     from selfsup.config import load_config
+    from selfsup.train.launch import spawn_local
     from selfsup.train.pretrain import pretrain
 
+    if args.devices > 1 and "WORLD_SIZE" not in os.environ:
+        # Start the ranks on this machine, as torchrun would; each runs this same command.
+        argv = ["pretrain", *([args.config] if args.config else []), *args.overrides]
+        argv += [f"--resume={args.resume}"] if args.resume else []
+        argv += ["--force"] if args.force else []
+        argv += ["--quiet"] if args.quiet else []
+        return spawn_local(args.devices, argv)
     if args.resume:
         if args.config or args.overrides:
             raise SelfSupError("--resume continues a run with its saved config; drop the config and overrides")
@@ -31,7 +41,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         result = pretrain(cfg, force=args.force, progress=not args.quiet)
-    print(f"run folder: {result.run_dir}")
+    if result.rank == 0:
+        print(f"run folder: {result.run_dir}")
     return 0
 
 
@@ -320,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest checkpoint")
     pt.add_argument("--force", action="store_true", help="overwrite an existing run folder named by run.name")
     pt.add_argument("--quiet", action="store_true", help="no progress bar")
+    pt.add_argument("--devices", type=int, default=1,
+                    help="processes on this machine (one per GPU, or CPU processes with gloo); "
+                         "for several machines use torchrun --nproc-per-node N -m selfsup pretrain ...")
     pt.set_defaults(func=_cmd_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a run's encoder: knn, linear, linear-aug, finetune, cluster, ...",
@@ -381,7 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after options too (`pretrain simclr --force train.epochs=3`): argparse
+    # leaves those positionals over, and they join the command's overrides.
+    args, extra = parser.parse_known_args(argv)
+    takes_overrides = hasattr(args, "overrides")
+    late = [e for e in extra if takes_overrides and "=" in e and not e.startswith("-")]
+    if len(late) != len(extra):
+        parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in late)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
     try:
         return args.func(args)
     except SelfSupError as e:

@@ -25,7 +25,9 @@ from selfsup.eval.features import eval_batches, extract_features
 from selfsup.eval.knn import knn_eval
 from selfsup.methods import METHODS, Method
 from selfsup.models import build_backbone
+from selfsup.models.sync_bn import convert_to_global_bn
 from selfsup.train import checkpoint as ckpt
+from selfsup.train import launch
 from selfsup.train.trainer import FitResult, fit
 
 
@@ -133,11 +135,13 @@ class PretrainResult:
     run_dir: Path
     method: Method
     fit: FitResult
+    rank: int = 0  # this process's rank (0 on a single process)
 
 
-def pretrain(cfg: Config, resume_dir: str | Path | None = None, force: bool = False, progress: bool = True,
+def pretrain(cfg: Config | None, resume_dir: str | Path | None = None, force: bool = False, progress: bool = True,
              profile: bool = False) -> PretrainResult:
     """Train the configured method; write config.yaml, metrics.jsonl and checkpoints into the run."""
+    launch.init_from_env()
     resume_state: dict[str, Any] | None = None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
@@ -148,7 +152,11 @@ def pretrain(cfg: Config, resume_dir: str | Path | None = None, force: bool = Fa
         if dist.is_main() and progress:
             print(f"resuming {run_dir} from {path.name} (epoch {resume_state['epoch']}, step {resume_state['step']})")
     else:
-        run_dir = new_run_dir(cfg, force)
+        # Rank 0 names (and, with --force, empties) the folder; the others take its answer.
+        shared = [new_run_dir(cfg, force) if dist.is_main() else None]
+        if dist.is_distributed():
+            torch.distributed.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])
     device = pick_device(cfg.train.device)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -158,7 +166,10 @@ def pretrain(cfg: Config, resume_dir: str | Path | None = None, force: bool = Fa
     recipe = build_views(cfg, train_set, device)
     if isinstance(train_set, ArrayDataset):
         recipe.check_image_size(train_set.image_size)
-    method = build_method(cfg, len(train_set)).to(device)
+    method = build_method(cfg, len(train_set))
+    if dist.is_distributed() and cfg.model.sync_bn:
+        method = convert_to_global_bn(method)
+    method = method.to(device)
     if cfg.model.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if dist.is_main():
@@ -181,7 +192,7 @@ def pretrain(cfg: Config, resume_dir: str | Path | None = None, force: bool = Fa
                      eval_batches=batches, progress=progress, config_dict=cfg.to_dict(), profile=profile)
     finally:
         write_data_report(run_dir, train_set, loader)
-    return PretrainResult(run_dir, method, result)
+    return PretrainResult(run_dir, method, result, dist.rank())
 
 
 def write_data_report(run_dir: Path, train_set: ArrayDataset | ImageFolder, loader: BatchLoader) -> None:
