@@ -430,5 +430,5 @@ def test_every_recipe_builds_its_method(name):
     from selfsup.train.pretrain import build_method
 
     cfg = load_config(name)
-    method = build_method(cfg, dataset_size=100)
+    method = build_method(cfg, dataset_size=50000)  # the recipes are at CIFAR-10 scale
     assert isinstance(method, METHODS[cfg.method["name"]])
