@@ -47,3 +47,13 @@ def test_single_process_is_plain_batchnorm():
     x = _batch()
     ref = _net()(x)
     assert torch.allclose(convert_to_global_bn(_net())(x), ref, atol=1e-6)
+
+
+def test_conversion_keeps_a_frozen_copy_frozen():
+    from selfsup.models import momentum_copy
+
+    net = _net()
+    target = momentum_copy(net)
+    both = convert_to_global_bn(torch.nn.ModuleDict({"online": net, "target": target}))
+    assert all(p.requires_grad for p in both["online"].parameters())
+    assert not any(p.requires_grad for p in both["target"].parameters())

@@ -38,7 +38,7 @@ class ModelConfig:
     stem: str = "cifar"  # 'cifar' (3x3, no max-pool) or 'imagenet' (7x7 + max-pool)
     width: float = 1.0
     channels_last: bool = False
-    sync_bn: bool = True  # with several processes, BatchNorm over the global batch (SimCLR's "global BN")
+    sync_bn: bool = True  # several processes: BatchNorm over the global batch (not for MoCo v1/v2: shuffle-BN)
 
 
 @dataclass

@@ -94,6 +94,13 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x)
 
 
+def shard(x: torch.Tensor) -> torch.Tensor:
+    """This process's rows of ``x``, something drawn for the whole global batch (dim 0 = world_size
+    x the local batch). Every rank draws the same numbers from the same RNG state and keeps its
+    slice, so N processes use exactly what one process with the whole batch would."""
+    return x.tensor_split(world_size())[rank()] if is_distributed() else x
+
+
 def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(x, src)

@@ -39,19 +39,20 @@ def sharded(rank: int, world_size: int) -> Iterator[None]:
         _shard = previous
 
 
-def _rand(*shape: int, g: torch.Generator) -> Tensor:
-    """U[0, 1) numbers for this shard's images (dim 0), drawn for the whole global batch."""
+def batch_rand(*shape: int, g: torch.Generator | None, device: torch.device | str | None = None) -> Tensor:
+    """U[0, 1) numbers for this shard's images (dim 0), drawn for the whole global batch (on
+    ``device``, the generator's)."""
     rank, world = _shard
-    full = torch.rand((shape[0] * world, *shape[1:]), generator=g)
+    full = torch.rand((shape[0] * world, *shape[1:]), generator=g, device=device)
     return full[rank * shape[0] : (rank + 1) * shape[0]]
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> Tensor:
-    return (_rand(n, g=g) * (hi - lo) + lo).to(device)
+    return (batch_rand(n, g=g) * (hi - lo) + lo).to(device)
 
 
 def _coin(n: int, p: float, g: torch.Generator, device) -> Tensor:
-    return (_rand(n, g=g) < p).to(device)
+    return (batch_rand(n, g=g) < p).to(device)
 
 
 def grayscale(x: Tensor) -> Tensor:
@@ -70,8 +71,8 @@ def random_resized_crop(x: Tensor, size: int, g: torch.Generator, scale: tuple[f
     """
     b, _, h, w = x.shape
     tries = 10
-    area = (_rand(b, tries, g=g) * (scale[1] - scale[0]) + scale[0]) * (h * w)
-    logr = _rand(b, tries, g=g) * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
+    area = (batch_rand(b, tries, g=g) * (scale[1] - scale[0]) + scale[0]) * (h * w)
+    logr = batch_rand(b, tries, g=g) * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
     cw = torch.sqrt(area * torch.exp(logr))
     ch = torch.sqrt(area / torch.exp(logr))
     ok = (cw <= w) & (ch <= h)
@@ -88,9 +89,9 @@ def random_resized_crop(x: Tensor, size: int, g: torch.Generator, scale: tuple[f
     bad = first < 0
     cw = torch.where(bad, torch.full_like(cw, fw), cw)
     ch = torch.where(bad, torch.full_like(ch, fh), ch)
-    cx = _rand(b, g=g) * (w - cw) + cw / 2
-    cy = _rand(b, g=g) * (h - ch) + ch / 2
-    flip = torch.where(_rand(b, g=g) < flip_p, -1.0, 1.0)
+    cx = batch_rand(b, g=g) * (w - cw) + cw / 2
+    cy = batch_rand(b, g=g) * (h - ch) + ch / 2
+    flip = torch.where(batch_rand(b, g=g) < flip_p, -1.0, 1.0)
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0] = cw / w * flip
     theta[:, 0, 2] = 2 * cx / w - 1

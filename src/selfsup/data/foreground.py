@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.data.augment import batch_rand
 from selfsup.errors import SelfSupError
 
 __all__ = [
@@ -523,14 +524,16 @@ def remove_background(
     if b == 0:
         return images.clone()
     gen_device = generator.device if generator is not None else torch.device("cpu")
-    chosen = torch.rand(b, generator=generator, device=gen_device).to(images.device) < float(p)
+    # Drawn for the global batch under data parallelism (see selfsup.data.augment.sharded).
+    chosen = batch_rand(b, g=generator, device=gen_device).to(images.device) < float(p)
     if fill == "constant":
         replacement = vals.view(1, -1, 1, 1).expand(b, c, h, w)
     elif fill == "noise":
-        noise = torch.rand(b, c, h, w, generator=generator, device=gen_device)
+        noise = batch_rand(b, c, h, w, g=generator, device=gen_device)
         replacement = noise.to(device=images.device, dtype=images.dtype)
     else:
-        # Following a random cyclic order gives every sample a partner other than itself.
+        # Following a random cyclic order gives every sample a partner other than itself (in this
+        # process's share of the batch: partners are not exchanged between processes).
         order = torch.randperm(b, generator=generator, device=gen_device).to(images.device)
         partner = torch.empty_like(order)
         partner[order] = torch.roll(order, -1)

@@ -56,6 +56,10 @@ class Context:
 class Method(nn.Module):
     """Base class: holds ``backbone`` (the encoder that evaluation uses) and no-op hooks."""
 
+    # With several processes and ``model.sync_bn``, BatchNorm normalizes over the global batch.
+    # A method whose BatchNorm must stay per process (MoCo's shuffle-BN) sets this to False.
+    global_bn: bool = True
+
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone

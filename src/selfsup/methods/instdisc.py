@@ -90,7 +90,7 @@ class InstDisc(Method):
             # A snapshot: the bank is written below, and the product's backward still needs these rows.
             main = nonparametric_softmax_loss(f, self.bank.negatives(), index, self.temperature)
         else:
-            noise = self.bank.sample((f.shape[0], self.noise_samples))
+            noise = dist.shard(self.bank.sample((f.shape[0] * dist.world_size(), self.noise_samples)))
             if float(self.normalization_constant) <= 0:
                 scores = torch.einsum("bmd,bd->bm", memory[noise], f.detach().float()) / self.temperature
                 z = estimate_nce_normalizer(scores, memory.shape[0])

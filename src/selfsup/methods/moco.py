@@ -73,6 +73,8 @@ def shuffle_bn_forward(encoder: nn.Module, x: Tensor, groups: int = 1) -> Tensor
 class _MoCo(Method):
     """The shared body of v1 and v2; subclasses pick the head and the defaults."""
 
+    global_bn = False  # shuffle-BN needs per-process statistics: a global BN would leak the positive
+
     def __init__(self, backbone: nn.Module, projector: nn.Module, projection_dim: int, temperature: float,
                  momentum: float, momentum_schedule: str, negatives: str, queue_size: int, bank_momentum: float,
                  shuffle_bn_groups: int, symmetric: bool, dataset_size: int):

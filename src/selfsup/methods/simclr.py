@@ -17,7 +17,6 @@ views in every case.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from selfsup import dist
@@ -48,6 +47,7 @@ class SimCLR(Method):
                 + contrast(self.source, z2, z1, self.temperature, index)) / 2
         if self.source.indexed:
             store_keys(self.source, nn.functional.normalize(z1, dim=1) + nn.functional.normalize(z2, dim=1), index)
-        else:
-            store_keys(self.source, torch.cat((z1, z2)), torch.cat((index, index)))
+        else:  # one view after the other: the queue's order is the global batch's on any number of processes
+            store_keys(self.source, z1, index)
+            store_keys(self.source, z2, index)
         return {"loss": loss, "embeddings": z1.detach()}

@@ -174,7 +174,8 @@ class Transitive(Method):
         any (samples without one get their own index and False)."""
         row = self.positives[index]
         count = (row >= 0).sum(1)
-        pick = (torch.rand(row.shape[0], device=row.device) * count).long().clamp_max((count - 1).clamp_min(0))
+        u = dist.shard(torch.rand(row.shape[0] * dist.world_size(), device=row.device))  # the global batch's draw
+        pick = (u * count).long().clamp_max((count - 1).clamp_min(0))
         j = row.gather(1, pick[:, None]).squeeze(1)
         has = count > 0
         return torch.where(has, j, index), has
@@ -184,15 +185,20 @@ class Transitive(Method):
             raise SelfSupError("transitive needs two augmented views per image (its instance edges); "
                                "use a two-view recipe such as views.recipe=simclr")
         z1, z2 = self.embed(views[0]), self.embed(views[1])
-        b = z1.shape[0]
-        if b < 2:
+        everyone = dist.gather_with_grad(z2)  # negatives come from the global batch
+        b, n = z1.shape[0], everyone.shape[0]
+        if n < 2:
             raise SelfSupError("transitive draws its negatives from the batch and needs train.batch_size >= 2")
-        # another image of the batch for every anchor: a shift of 1..b-1 never lands on itself
-        negative = z2[(torch.arange(b, device=z1.device) + torch.randint(1, b, (b,), device=z1.device)) % b]
+        # another image of the batch for every anchor: a shift of 1..n-1 never lands on itself
+        own = torch.arange(b, device=z1.device) + dist.rank() * b
+        negative = everyone[(own + dist.shard(torch.randint(1, n, (n,), device=z1.device))) % n]
         loss_views = triplet_loss(z1, z2, negative, self.margin)
 
         j, has = self.sample_positives(index)
-        loss_graph = triplet_loss(z1, self.bank[j], negative, self.margin, weight=has.float())
+        # the mean over the global batch's graph triplets (DDP averages the ranks' losses)
+        found = has.sum().float()
+        scale = found * dist.world_size() / dist.all_reduce_sum(found.clone()).clamp_min(1)
+        loss_graph = triplet_loss(z1, self.bank[j], negative, self.margin, weight=has.float()) * scale
 
         with torch.no_grad():
             self.bank[dist.gather_no_grad(index)] = dist.gather_no_grad(F.normalize(z1.detach().float(), dim=1))

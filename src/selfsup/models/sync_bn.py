@@ -70,6 +70,9 @@ def convert_to_global_bn(module: nn.Module) -> nn.Module:
                               module.track_running_stats)
         new.load_state_dict(module.state_dict())
         new.train(module.training)
+        if module.affine:  # a momentum copy's BatchNorm stays frozen (DDP must not wait for its gradients)
+            new.weight.requires_grad_(module.weight.requires_grad)
+            new.bias.requires_grad_(module.bias.requires_grad)
         return new
     for name, child in module.named_children():
         setattr(module, name, convert_to_global_bn(child))

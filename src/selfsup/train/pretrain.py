@@ -85,6 +85,15 @@ def build_method(cfg: Config, dataset_size: int = 0) -> Method:
         raise SelfSupError(f"method {name!r}: {e}") from None
 
 
+def distributed_batchnorm(cfg: Config, method: Method) -> Method:
+    """With several processes and ``model.sync_bn``, BatchNorm over the global batch (SimCLR's
+    global BN: 1 and N processes then train alike), unless the method keeps per-process
+    statistics (``Method.global_bn = False``: MoCo v1/v2, whose shuffle-BN a global BN defeats)."""
+    if dist.is_distributed() and cfg.model.sync_bn and method.global_bn:
+        return convert_to_global_bn(method)
+    return method
+
+
 def build_views(cfg: Config, train_set: ArrayDataset | ImageFolder | None = None,
                 device: torch.device | None = None) -> ViewRecipe:
     # Background removal (views.options.background, ReLICv2) needs the training images for its
@@ -166,9 +175,7 @@ def pretrain(cfg: Config | None, resume_dir: str | Path | None = None, force: bo
     recipe = build_views(cfg, train_set, device)
     if isinstance(train_set, ArrayDataset):
         recipe.check_image_size(train_set.image_size)
-    method = build_method(cfg, len(train_set))
-    if dist.is_distributed() and cfg.model.sync_bn:
-        method = convert_to_global_bn(method)
+    method = distributed_batchnorm(cfg, build_method(cfg, len(train_set)))
     method = method.to(device)
     if cfg.model.channels_last:
         method = method.to(memory_format=torch.channels_last)

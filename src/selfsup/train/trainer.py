@@ -91,6 +91,17 @@ class FitResult:
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
 
 
+def step_scalars(out: dict[str, Any]) -> dict[str, float]:
+    """The step's scalar outputs as floats. With several processes, their mean over the ranks
+    (for a per-sample mean, the global batch's value), so that every rank logs the same numbers
+    and takes the same decision about a non-finite loss."""
+    names = [k for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1]
+    if "loss" not in names:
+        raise SelfSupError("a method's training_step must return {'loss': scalar tensor, ...}")
+    values = torch.stack([out[k].detach().float().reshape(()) for k in names])
+    return dict(zip(names, dist.all_reduce_mean(values).tolist()))
+
+
 def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfig, run_dir: str | Path | None = None,
         *, monitor: Callable[[nn.Module], dict[str, float]] | None = None, resume: dict[str, Any] | None = None,
         eval_batches: Callable | None = None, progress: bool = True, config_dict: dict | None = None,
@@ -230,9 +241,10 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                 with sync_ctx, torch.autocast(**autocast):
                     out = model(views, index)
                 loss = out["loss"]
+                scalars = step_scalars(out)
                 batch += 1
                 stepped, bad = False, None
-                if not torch.isfinite(loss.detach()):
+                if not math.isfinite(scalars["loss"]):  # any rank's non-finite loss skips the step on all
                     bad, micro = "loss", 0
                 else:
                     with sync_ctx:
@@ -262,8 +274,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                     timing["augment"] += t2 - t1
                     timing["compute"] += t3 - t2
                     images_seen += images.shape[0] * loader.world_size
-                    values = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
-                    values.update(ctx.log)
+                    values = {**scalars, **ctx.log}
                     ctx.log.clear()
                     for k, v in values.items():
                         sums[k] = sums.get(k, 0.0) + v
