@@ -8,6 +8,11 @@ come from one process, so their ratios are comparable even on a noisy machine.
     python benchmarks/throughput.py                       # SimCLR, ResNet-18 (CIFAR stem), 32 px
     python benchmarks/throughput.py --width 0.25 --batch-size 256 --steps 20
     python benchmarks/throughput.py --data ../shared/data/cifar10 --device cuda --precision bf16
+    python benchmarks/throughput.py --config simclr,byol,swav --width 0.25   # one table, one process
+
+With several recipes, each is measured in turn in this process and a Markdown table is printed
+(images/s and the split per method, and the ratio to the first). Per-epoch work outside the steps
+(clustering E-steps, graph rebuilds, mask estimation) is not counted: it is not part of a step.
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
     ds = load_train_data(cfg) if cfg.data.path != "synthetic" else None
     if ds is None:
         g = torch.Generator().manual_seed(0)
-        n = cfg.train.batch_size * 4
+        n = max(cfg.train.batch_size * 4, 2048)  # PCL's 1000 clusters need more images than that
         ds = ArrayDataset(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
                           torch.zeros(n, dtype=torch.long), [], "synthetic")
     resolve_normalization(cfg, ds)
-    recipe = build_views(cfg)
+    recipe = build_views(cfg, ds)
     method = build_method(cfg, len(ds)).to(device)
     if cfg.model.channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -78,14 +83,27 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     overrides = [f"data.path={a.data}", f"model.width={a.width}", f"train.batch_size={a.batch_size}",
                  f"train.device={a.device}", f"train.precision={a.precision}", *a.overrides]
-    r = measure(a.config, overrides, a.steps, a.warmup)
     cpu = platform.processor() or platform.machine()
-    r["machine"] = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    r["date"] = time.strftime("%Y-%m-%d")
-    print(json.dumps(r, indent=2))
-    s = r["split"]
-    print(f"\n{r['method']} {r['backbone']} {r['views']} batch {r['batch_size']}: {r['images_per_s']} images/s; "
-          f"data {s['data']:.1%}, augmentation {s['augment']:.1%}, compute {s['compute']:.1%}")
+    machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    results = []
+    for config in a.config.split(","):
+        r = measure(config, overrides, a.steps, a.warmup)
+        r["machine"], r["date"] = machine, time.strftime("%Y-%m-%d")
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    for r in results:
+        s = r["split"]
+        print(f"{r['method']} {r['backbone']} {r['views']} batch {r['batch_size']}: {r['images_per_s']} images/s; "
+              f"data {s['data']:.1%}, augmentation {s['augment']:.1%}, compute {s['compute']:.1%}")
+    if len(results) > 1:
+        base = results[0]["images_per_s"]
+        print(f"\n{machine}, {results[0]['backbone']}, batch {a.batch_size}, {a.precision}\n")
+        print("| method | views | images/s | vs " + results[0]["method"] + " | data | augmentation | compute |")
+        print("|---|---|---|---|---|---|---|")
+        for r in results:
+            s = r["split"]
+            print(f"| {r['method']} | {r['views']} | {r['images_per_s']} | {r['images_per_s'] / base:.2f} | "
+                  f"{s['data']:.1%} | {s['augment']:.1%} | {s['compute']:.1%} |")
 
 
 if __name__ == "__main__":
