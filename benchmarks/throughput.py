@@ -9,8 +9,10 @@ come from one process, so their ratios are comparable even on a noisy machine.
     python benchmarks/throughput.py --width 0.25 --batch-size 256 --steps 20
     python benchmarks/throughput.py --data ../shared/data/cifar10 --device cuda --precision bf16
     python benchmarks/throughput.py --config simclr,byol,swav --width 0.25   # one table, one process
+    python benchmarks/throughput.py --config "simclr,simclr:model.channels_last=true,simclr:train.compile=true"
 
-With several recipes, each is measured in turn in this process and a Markdown table is printed
+An entry RECIPE:KEY=VALUE;KEY=VALUE adds overrides to that entry only (a variant). With several
+entries, each is measured in turn in this process and a Markdown table is printed
 (images/s and the split per method, and the ratio to the first). Per-epoch work outside the steps
 (clustering E-steps, graph rebuilds, mask estimation) is not counted: it is not part of a step.
 """
@@ -86,9 +88,10 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     results = []
-    for config in a.config.split(","):
-        r = measure(config, overrides, a.steps, a.warmup)
-        r["machine"], r["date"] = machine, time.strftime("%Y-%m-%d")
+    for entry in a.config.split(","):
+        config, _, extra = entry.partition(":")
+        r = measure(config, overrides + [o for o in extra.split(";") if o], a.steps, a.warmup)
+        r["machine"], r["date"], r["variant"] = machine, time.strftime("%Y-%m-%d"), extra
         print(json.dumps(r), flush=True)
         results.append(r)
     for r in results:
@@ -102,7 +105,8 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         for r in results:
             s = r["split"]
-            print(f"| {r['method']} | {r['views']} | {r['images_per_s']} | {r['images_per_s'] / base:.2f} | "
+            name = r["method"] + (f" ({r['variant']})" if r["variant"] else "")
+            print(f"| {name} | {r['views']} | {r['images_per_s']} | {r['images_per_s'] / base:.2f} | "
                   f"{s['data']:.1%} | {s['augment']:.1%} | {s['compute']:.1%} |")
 
 
