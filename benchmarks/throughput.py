@@ -29,6 +29,7 @@ import torch
 from selfsup.config import load_config
 from selfsup.data.datasets import ArrayDataset
 from selfsup.data.loader import BatchLoader
+from selfsup.eval.features import eval_batches
 from selfsup.train.pretrain import build_method, build_views, load_train_data, pick_device, resolve_normalization
 from selfsup.train.trainer import fit
 
@@ -51,10 +52,11 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
     cfg.train.epochs = max(1, -(-(steps + warmup) // len(loader)))
     cfg.train.warmup_epochs = 0
     cfg.train.max_steps = warmup
-    fit(method, loader, recipe, cfg.train, None, progress=False, profile=True)
+    batches = lambda: eval_batches(ds, cfg.views.mean, cfg.views.std, cfg.views.size, 512, device)  # noqa: E731
+    fit(method, loader, recipe, cfg.train, None, progress=False, profile=True, eval_batches=batches)
     cfg.train.max_steps = steps
     t = time.perf_counter()
-    res = fit(method, loader, recipe, cfg.train, None, progress=False, profile=True)
+    res = fit(method, loader, recipe, cfg.train, None, progress=False, profile=True, eval_batches=batches)
     wall = time.perf_counter() - t
     total = sum(res.timing.values())
     return {

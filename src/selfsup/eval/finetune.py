@@ -15,8 +15,8 @@ files; here the list is a function of (labels, fraction, seed) and is also saved
 file in the run folder (``subsets/<data>-<pct>-seed<seed>.npy``) and reused from there, so a
 result can always be traced to the exact images.
 
-Where we deviate: the lrs are those of batch 256, scaled linearly when another batch size is
-given; the reported accuracy is the one after the last epoch, not the best over epochs on the
+Where we deviate: the lrs are those of batch 256, scaled linearly to the batch actually used (the
+whole subset when it is smaller than ``batch_size``: SwAV's head lr 5 on a batch of 100 diverges); the reported accuracy is the one after the last epoch, not the best over epochs on the
 test split; on small data sets the 1% subset has only a few images per class, so 20 epochs are
 only a few dozen steps (``epochs`` can be raised).
 """
@@ -110,7 +110,7 @@ def finetune(backbone: nn.Module, train_set: ArrayDataset, test_set: ArrayDatase
         head.weight.normal_(0.0, 0.01, generator=g)
         head.bias.zero_()
     model = _Classifier(trunk, head.to(device))
-    scale = batch_size / 256
+    scale = min(batch_size, len(index)) / 256  # the batch actually seen: a subset can be smaller than one batch
     opt = torch.optim.SGD([{"params": trunk.parameters(), "lr": trunk_lr * scale},
                            {"params": model.head.parameters(), "lr": head_lr * scale}],
                           lr=trunk_lr * scale, momentum=momentum, weight_decay=weight_decay)
