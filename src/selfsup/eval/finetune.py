@@ -16,7 +16,8 @@ file in the run folder (``subsets/<data>-<pct>-seed<seed>.npy``) and reused from
 result can always be traced to the exact images.
 
 Where we deviate: the lrs are those of batch 256, scaled linearly to the batch actually used (the
-whole subset when it is smaller than ``batch_size``: SwAV's head lr 5 on a batch of 100 diverges); the reported accuracy is the one after the last epoch, not the best over epochs on the
+whole subset when it is smaller than ``batch_size``: SwAV's head lr 5 on a batch of 100
+diverges); the reported accuracy is the one after the last epoch, not the best over epochs on the
 test split; on small data sets the 1% subset has only a few images per class, so 20 epochs are
 only a few dozen steps (``epochs`` can be raised).
 """
