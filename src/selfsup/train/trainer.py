@@ -240,8 +240,8 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                 sync_ctx = model.no_sync() if (not last_micro and hasattr(model, "no_sync")) else nullcontext()
                 with sync_ctx, torch.autocast(**autocast):
                     out = model(views, index)
+                scalars = step_scalars(out)  # first: it names a missing "loss" clearly
                 loss = out["loss"]
-                scalars = step_scalars(out)
                 batch += 1
                 stepped, bad = False, None
                 if not math.isfinite(scalars["loss"]):  # any rank's non-finite loss skips the step on all
