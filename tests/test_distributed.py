@@ -32,7 +32,8 @@ CROSS_BATCH = {
     "moco_v1": ["method.projection_dim=16", "method.queue_size=32"],        # queue + shuffle-BN across ranks
     "moco_v2": HEAD + ["method.negatives=bank"],                             # memory bank written from all ranks
     "moco_v3": HEAD,                                                     # keys from the momentum encoder, gathered
-    "instdisc": ["method.embedding_dim=16", "method.noise_samples=8"],       # NCE noise drawn for the global batch
+    # NCE noise drawn for the global batch
+    "instdisc": ["method.loss=nce", "method.embedding_dim=16", "method.noise_samples=8"],
     "dim": ["method.feature_dim=32", "method.hidden_dim=32"],               # JSD over gathered local/global pairs
     "dim_infonce": ["method.feature_dim=32", "method.hidden_dim=32", "method.estimator=infonce"],
     "amdim": ["method.feature_dim=32", "method.hidden_dim=32"],
