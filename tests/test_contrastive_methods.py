@@ -175,6 +175,20 @@ def test_instdisc_estimates_z_once_and_keeps_it_in_the_state():
     assert torch.equal(restored.normalization_constant, z) and torch.equal(restored.bank.bank, method.bank.bank)
 
 
+def test_instdisc_logs_the_current_z_over_the_fixed_one():
+    torch.manual_seed(0)
+    method = InstDisc(_tiny_backbone(), dataset_size=50, noise_samples=8)
+    x = _views(n=6)[0]
+    method([x], torch.arange(6))
+    f, memory = method.embed(x).detach(), method.bank.bank
+    noise = torch.randint(0, 50, (6, 100))
+    z_now = 50 * torch.exp((memory[noise[:, :64]] * f[:, None]).sum(-1) / method.temperature).mean()
+    assert torch.allclose(method.z_ratio(f, memory, noise), z_now / method.normalization_constant, rtol=1e-5)
+    method.normalization_constant.mul_(1e-3)  # a Z 1000x too small, as a random bank's estimate was
+    out = method([x], torch.arange(6, 12))
+    assert out["z_ratio"] > 100
+
+
 def test_instdisc_bank_init_from_features_fills_every_row_once():
     method = InstDisc(_tiny_backbone(), dataset_size=10, noise_samples=4, bank_init="features")
     images, index = torch.randn(10, 3, 16, 16), torch.arange(10)

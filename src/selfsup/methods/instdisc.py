@@ -33,7 +33,8 @@ or LARS at 1.0 peaked after one epoch and then fell below random init. On CIFAR-
 width 0.25, batch 256) NCE ended below random init after 4 epochs with the paper's settings,
 the authors' CIFAR script's (tau 0.1, no proximal term, lr 0.1 at batch 128) and a
 feature-initialized bank, and collapsed to chance by epoch 16 with the paper's; the softmax
-learned (+3.95 kNN in 4 epochs), so the CIFAR recipe uses it. The paper trains full-width
+learned (+3.95 kNN in 4 epochs), so the CIFAR recipe uses it. An NCE run logs ``z_ratio``, the
+current estimate of Z over the fixed one, so that a mis-scaled Z shows in the log. The paper trains full-width
 networks for 200 epochs, which we have not run.
 """
 
@@ -94,6 +95,16 @@ class InstDisc(Method):
         self.train(was_training)
         self.bank_pending.fill_(False)
 
+    @torch.no_grad()
+    def z_ratio(self, features: Tensor, memory: Tensor, noise: Tensor, columns: int = 64) -> Tensor:
+        """Today's Monte-Carlo estimate of Z (eq. 8, from the first ``columns`` noise draws of each
+        row) over the Z fixed at the first step. Logged as ``z_ratio``: near 1 while the fixed Z
+        still fits; hundreds or more mean the noise term is scored as far too probable and
+        dominates, which is how the NCE runs in BENCHMARKS.md failed."""
+        noise = noise[:, :columns]
+        scores = torch.einsum("bmd,bd->bm", memory[noise], features) / self.temperature
+        return estimate_nce_normalizer(scores, memory.shape[0]) / self.normalization_constant
+
     def training_step(self, views: list[Tensor], index: Tensor) -> dict[str, Tensor]:
         f = self.embed(views[0]).float()
         memory = self.bank.bank
@@ -110,6 +121,7 @@ class InstDisc(Method):
             main = instdisc_nce_loss(f, memory, index, noise, self.temperature,
                                      normalization_constant=self.normalization_constant)
             out["normalization_constant"] = self.normalization_constant.clone()
+            out["z_ratio"] = self.z_ratio(f.detach(), memory, noise)
         out[self.loss] = main.detach()
         loss = main
         if self.proximal_lambda > 0:
