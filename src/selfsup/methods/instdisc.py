@@ -34,8 +34,8 @@ width 0.25, batch 256) NCE ended below random init after 4 epochs with the paper
 the authors' CIFAR script's (tau 0.1, no proximal term, lr 0.1 at batch 128) and a
 feature-initialized bank, and collapsed to chance by epoch 16 with the paper's; the softmax
 learned (+3.95 kNN in 4 epochs), so the CIFAR recipe uses it. An NCE run logs ``z_ratio``, the
-current estimate of Z over the fixed one, so that a mis-scaled Z shows in the log. The paper trains full-width
-networks for 200 epochs, which we have not run.
+current estimate of Z over the fixed one, so that a mis-scaled Z shows in the log. The paper
+trains full-width networks for 200 epochs, which we have not run.
 """
 
 from __future__ import annotations
@@ -96,15 +96,18 @@ class InstDisc(Method):
         self.bank_pending.fill_(False)
 
     @torch.no_grad()
-    def z_ratio(self, features: Tensor, memory: Tensor, noise: Tensor, columns: int = 64) -> Tensor:
-        """Today's Monte-Carlo estimate of Z (eq. 8, from the first ``columns`` noise draws of each
-        row) over the Z fixed at the first step. Logged as ``z_ratio``. On the digits a run that
-        learned (feature-initialized bank) read 11 falling to 7; the runs that failed read
-        hundreds and growing (509, 3226, 32547 after epochs 1-3): the noise term is then scored as
-        far too probable and dominates."""
-        noise = noise[:, :columns]
+    def estimate_z(self, features: Tensor, memory: Tensor, noise: Tensor) -> Tensor:
+        """Monte-Carlo estimate of Z (eq. 8) from the noise draws ``noise`` (B, m) of each row."""
         scores = torch.einsum("bmd,bd->bm", memory[noise], features) / self.temperature
-        return estimate_nce_normalizer(scores, memory.shape[0]) / self.normalization_constant
+        return estimate_nce_normalizer(scores, memory.shape[0])
+
+    def z_ratio(self, features: Tensor, memory: Tensor, noise: Tensor, columns: int = 64) -> Tensor:
+        """Today's estimate of Z (from the first ``columns`` noise draws of each row) over the Z
+        fixed at the first step. Logged as ``z_ratio``. On the digits a run that learned
+        (feature-initialized bank) read 11 falling to 7; the runs that failed read hundreds and
+        growing (509, 3226, 32547 after epochs 1-3): the noise term is then scored as far too
+        probable and dominates."""
+        return self.estimate_z(features, memory, noise[:, :columns]) / self.normalization_constant
 
     def training_step(self, views: list[Tensor], index: Tensor) -> dict[str, Tensor]:
         f = self.embed(views[0]).float()
@@ -116,9 +119,7 @@ class InstDisc(Method):
         else:
             noise = dist.shard(self.bank.sample((f.shape[0] * dist.world_size(), self.noise_samples)))
             if float(self.normalization_constant) <= 0:
-                scores = torch.einsum("bmd,bd->bm", memory[noise], f.detach().float()) / self.temperature
-                z = estimate_nce_normalizer(scores, memory.shape[0])
-                self.normalization_constant.copy_(dist.all_reduce_mean(z))
+                self.normalization_constant.copy_(dist.all_reduce_mean(self.estimate_z(f.detach(), memory, noise)))
             main = instdisc_nce_loss(f, memory, index, noise, self.temperature,
                                      normalization_constant=self.normalization_constant)
             out["normalization_constant"] = self.normalization_constant.clone()
