@@ -453,13 +453,13 @@ def test_full_data_set_esteps_agree_on_two_processes_with_one():
 SMALL = ["data.image_size=16", "views.size=16", "model.width=0.125", "train.batch_size=64", "train.warmup_epochs=0",
          "eval.knn_k=20", "train.checkpoint_every=100"]
 # Per method: overrides, view recipe override, and the kNN top-1 margin (points over the random-init
-# encoder) asserted. Measured on this seed (random init -> trained, top-1 %): DeepCluster 70.5 -> 78.0,
-# SeLa 68.5 -> 78.3, SwAV 68.5 -> 73.5, PCL 68.5 -> 74.1. These are short runs: 2-3 epochs of 22 steps.
+# encoder) asserted, below the smallest margin measured over seeds and oneDNN kernel choices (see
+# benchmarks/learning_spread.py and BENCHMARKS.md). These are short runs: 3-4 epochs of 22 steps.
 RUNS = {
-    "deepcluster": (["method.num_clusters=10", "method.pca_dim=16", "method.sobel=true", "train.epochs=2",
+    "deepcluster": (["method.num_clusters=10", "method.pca_dim=16", "method.sobel=true", "train.epochs=4",
                      "train.optimizer=sgd", "train.lr=1.0"], ("single", {}), 4.0),
     "sela": (["method.num_clusters=10", "method.num_heads=2", "method.num_label_updates=6", "train.epochs=3",
-              "train.optimizer=lars", "train.lr=2.0"], None, 6.0),
+              "train.optimizer=lars", "train.lr=2.0"], None, 3.0),
     "swav": (["views.options.local_size=8", "views.options.num_local=2", "method.num_prototypes=30",
               "method.hidden_dim=128", "method.projection_dim=64", "method.queue_length=256",
               "method.queue_start_epoch=1", "method.freeze_prototypes_iters=10", "train.epochs=3", "train.lr=1.0"],
@@ -471,9 +471,9 @@ RUNS = {
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_method_beats_random_init_on_digits(name, tmp_path):
+def test_method_beats_random_init_on_digits(name, tmp_path, learning):
     overrides, views, margin = RUNS[name]
-    cfg = load_config(name, SMALL + overrides + [f"run.dir={tmp_path}"])
+    cfg = load_config(name, SMALL + overrides + learning.overrides + [f"run.dir={tmp_path}"])
     if views is not None:
         cfg.views.recipe, cfg.views.options = views
     result = pretrain(cfg, progress=False)
@@ -481,7 +481,7 @@ def test_method_beats_random_init_on_digits(name, tmp_path):
     random_init = next(r["knn_top1"] for r in records if r.get("epoch") == 0 and "knn_top1" in r)
     history = result.fit.history
     trained = history[-1]["knn_top1"]
-    assert trained > random_init + margin, (name, random_init, trained)
+    learning.check(trained, random_init, margin)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     last = history[-1]
     assert 0.0 < last["cluster_entropy"] <= 1.0 and last["largest_cluster_fraction"] < 0.5

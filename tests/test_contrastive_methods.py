@@ -403,39 +403,39 @@ def test_bad_method_arguments_are_named():
 SMALL = ["data.image_size=16", "views.size=16", "model.width=0.125", "train.batch_size=64", "train.warmup_epochs=0",
          "eval.knn_k=20", "train.checkpoint_every=100"]
 LARS = ["train.optimizer=lars", "train.lr=1.0", "train.weight_decay=1.0e-6"]
-# Per recipe: the overrides of this budget (narrow heads, small queues, 1-3 epochs of 22 steps) and
-# the kNN top-1 margin asserted over the same backbone at random init (68.5% here), a few points
-# below the margin measured. MoCo v2's key encoder follows at momentum 0.9 so that it moves at all
+# Per recipe: the overrides of this budget (narrow heads, small queues, 1-5 epochs of 22 steps) and
+# the kNN top-1 margin asserted over the same backbone at random init, set below the smallest margin
+# measured over seeds and oneDNN kernel choices (benchmarks/learning_spread.py, BENCHMARKS.md).
+# MoCo v2's key encoder follows at momentum 0.9 so that it moves at all
 # in 66 steps. InstDisc runs its exact softmax from a feature-initialized bank: with the paper's
 # NCE and random bank this 8-channel network's embedding collapses within a few dozen steps.
 RUNS = {
     "simclr_queue": (["method.hidden_dim=128", "method.projection_dim=64", "method.queue_size=256",
-                      "train.epochs=2"], 1.5),  # measured +3.6
+                      "train.epochs=2"], 1.5),
     "moco_v1": (["method.queue_size=256", "method.momentum=0.99", "method.temperature=0.07", "train.epochs=5"] + LARS,
-                4.0),  # measured +8.4
+                4.0),
     "moco_v2": (["method.hidden_dim=128", "method.negatives=bank", "method.momentum=0.9", "train.epochs=3"] + LARS,
-                3.0),  # measured +5.6
-    "moco_v3": (["method.hidden_dim=128", "method.projection_dim=64", "train.lr=1.0", "train.epochs=2"], 6.0),  # +9.5
-    "instdisc": (["method.loss=softmax", "method.bank_init=features", "train.epochs=1"] + LARS, 4.0),  # +6.4
-    "invaspread": (["train.epochs=2"] + LARS, 4.0),  # measured +7.2
+                3.0),
+    "moco_v3": (["method.hidden_dim=128", "method.projection_dim=64", "train.lr=1.0", "train.epochs=2"], 6.0),
+    "instdisc": (["method.loss=softmax", "method.bank_init=features", "train.epochs=3"] + LARS, 3.5),
+    "invaspread": (["train.epochs=2"] + LARS, 4.0),
     "dim": (["method.estimator=infonce", "method.feature_dim=64", "method.hidden_dim=128", "train.epochs=1"] + LARS,
-            9.0),  # measured +12.8
-    "amdim": (["method.feature_dim=64", "method.hidden_dim=128", "train.epochs=2"] + LARS, 4.0),  # measured +7.0
-    "byol": (["method.hidden_dim=128", "method.projection_dim=64", "train.lr=1.0", "train.epochs=2"], 4.0),  # +6.7
-    "clip": (["train.lr=1.0", "train.epochs=1"], 5.0),  # measured +7.5
+            4.0),
+    "amdim": (["method.feature_dim=64", "method.hidden_dim=128", "train.epochs=2"] + LARS, 4.0),
+    "byol": (["method.hidden_dim=128", "method.projection_dim=64", "train.lr=1.0", "train.epochs=4"], 3.0),
+    "clip": (["train.lr=1.0", "train.epochs=2"], 5.0),
 }
 
 
 @pytest.mark.parametrize("recipe", list(RUNS))
-def test_method_beats_random_init_on_digits(recipe, tmp_path):
+def test_method_beats_random_init_on_digits(recipe, tmp_path, learning):
     overrides, margin = RUNS[recipe]
-    cfg = load_config(recipe, SMALL + overrides + [f"run.dir={tmp_path}"])
+    cfg = load_config(recipe, SMALL + overrides + learning.overrides + [f"run.dir={tmp_path}"])
     result = pretrain(cfg, progress=False)
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     random_init = next(r["knn_top1"] for r in records if r.get("epoch") == 0 and "knn_top1" in r)
     trained = result.fit.history[-1]["knn_top1"]
-    print(f"{recipe}: kNN top-1 random init {random_init:.2f}, trained {trained:.2f}")
-    assert trained > random_init + margin, (recipe, trained, random_init)
+    learning.check(trained, random_init, margin)
     assert all(math.isfinite(h["loss"]) for h in result.fit.history)
 
 

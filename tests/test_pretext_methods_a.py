@@ -423,36 +423,34 @@ def coloured_digits(tmp_path_factory) -> str:
 
 # Short seeded runs: 16 px views, ResNet-18 at 1/8 width, SGD at the given lr (not scaled), batches of
 # 64. Per method: its overrides and the kNN top-1 margin over the same backbone at random init that
-# it must beat. Measured (random init -> trained, seed 0): rotation 68.52 -> 80.78 (+12.3),
-# inpainting 68.52 -> 85.79 (+17.3), counting 68.52 -> 78.0 (+9.5; loss 5.7 < M = 10, 1.3% of counts
-# active), colorization on the orientation-coloured digits 64.07 -> 90.25 (+26.2). The margins sit
-# a few points below.
+# it must beat, below the smallest margin measured over seeds and oneDNN kernel choices
+# (benchmarks/learning_spread.py, BENCHMARKS.md).
 SMALL = ["data.image_size=16", "views.size=16", "model.width=0.125", "train.batch_size=64", "train.warmup_epochs=0",
          "train.optimizer=sgd", "train.lr_scaling=none", "train.weight_decay=5e-4", "eval.knn_k=20",
          "train.checkpoint_every=100"]
 RUNS = {
     # flips off: a mirrored digit has no canonical orientation left to recognise
-    "rotation": (["train.epochs=3", "train.lr=0.25", "views.options={flip_p: 0.0}"], 8.0),
+    "rotation": (["train.epochs=5", "train.lr=0.25", "views.options={flip_p: 0.0}"], 8.0),
     "inpainting": (["train.epochs=3", "train.lr=0.4"], 12.0),
     # the recipe's gradient clip keeps the counts alive (asserted below; see methods/counting.py)
-    "counting": (["train.epochs=3", "train.lr=0.1", "method.hidden_dim=128", "method.count_dim=128"], 6.0),
+    "counting": (["train.epochs=3", "train.lr=0.1", "method.hidden_dim=128", "method.count_dim=128"], 5.0),
     # on the orientation-coloured digits: the grey digits give colorization nothing to predict
-    "colorization": (["train.epochs=4", "train.lr=0.4"], 20.0),
+    "colorization": (["train.epochs=4", "train.lr=0.4"], 10.0),
 }
 
 
 @pytest.mark.parametrize("name", RUNS)
-def test_pretext_method_beats_random_init_on_digits(name, tmp_path, request):
+def test_pretext_method_beats_random_init_on_digits(name, tmp_path, request, learning):
     overrides, margin = RUNS[name]
     if name == "colorization":
         overrides = [*overrides, f"data.path={request.getfixturevalue('coloured_digits')}"]
-    cfg = load_config(name, [*SMALL, *overrides, f"run.dir={tmp_path}"])
+    cfg = load_config(name, [*SMALL, *overrides, *learning.overrides, f"run.dir={tmp_path}"])
     result = pretrain(cfg, progress=False)
     # The run's online kNN monitor measures the backbone before any step (epoch 0) and after the last.
     first = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert first["epoch"] == 0 and first["step"] == 0
     random_init, trained = first["knn_top1"], result.fit.history[-1]["knn_top1"]
-    assert trained > random_init + margin, (trained, random_init)
+    learning.check(trained, random_init, margin)
     assert result.fit.history[0]["loss"] > result.fit.history[-1]["loss"]
     if name == "counting":  # not the trivial solution, whose loss is exactly M with no count active
         last = result.fit.history[-1]

