@@ -44,3 +44,27 @@ def test_help_for_each_command():
     for cmd in ["pretrain", "eval", "preview", "methods"]:
         r = subprocess.run([sys.executable, "-m", "selfsup", cmd, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "usage: selfsup" in r.stdout
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `selfsup methods | head`: the reader is gone before the listing is written.
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "selfsup", "methods"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_ctrl_c_outside_pretrain_is_one_line(monkeypatch, capsys):
+    import selfsup.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_methods", interrupted)
+    assert cli.main(["methods"]) == 130
+    assert capsys.readouterr().err.strip() == "selfsup: interrupted"

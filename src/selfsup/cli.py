@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -416,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`selfsup methods | head`): stop quietly. Point stdout at devnull so that
+        # the interpreter's flush at exit does not raise the same error again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":
