@@ -395,7 +395,8 @@ def relative_position_pairs(
     if h < extent or w < extent:
         raise SelfSupError(
             f"relative_position_pairs needs images of at least {extent}x{extent} "
-            f"(3*patch_size + 2*gap + 2*jitter), got {h}x{w}; use a smaller patch_size, gap or jitter."
+            f"(3*patch_size + 2*gap + 2*jitter), got {h}x{w}; use a smaller patch_size, gap or jitter, "
+            f"or views of at least {extent} px (views.size; data.image_size enlarges smaller images)."
         )
     dev = x.device
     if labels is None:
