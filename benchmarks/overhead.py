@@ -62,7 +62,8 @@ def main() -> None:
     a = p.parse_args()
     cfg = load_config("simclr", [f"model.width={a.width}", f"train.batch_size={a.batch_size}", "train.optimizer=sgd",
                                  "train.lr=0.1", "train.warmup_epochs=0", "train.log_every=10",
-                                 "method.hidden_dim=512", "views.mean=[0.5,0.5,0.5]", "views.std=[0.25,0.25,0.25]"])
+                                 "method.hidden_dim=512", "views.size=32", "views.mean=[0.5,0.5,0.5]",
+                                 "views.std=[0.25,0.25,0.25]"])
     g = torch.Generator().manual_seed(0)
     n = a.batch_size * 8
     ds = ArrayDataset(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),

@@ -30,7 +30,14 @@ from selfsup.config import load_config
 from selfsup.data.datasets import ArrayDataset
 from selfsup.data.loader import BatchLoader
 from selfsup.eval.features import eval_batches
-from selfsup.train.pretrain import build_method, build_views, load_train_data, pick_device, resolve_normalization
+from selfsup.train.pretrain import (
+    build_method,
+    build_views,
+    load_train_data,
+    pick_device,
+    resolve_normalization,
+    resolve_view_size,
+)
 from selfsup.train.trainer import fit
 
 
@@ -44,6 +51,7 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
         ds = ArrayDataset(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
                           torch.zeros(n, dtype=torch.long), [], "synthetic")
     resolve_normalization(cfg, ds)
+    resolve_view_size(cfg, ds)
     recipe = build_views(cfg, ds)
     method = build_method(cfg, len(ds)).to(device)
     if cfg.model.channels_last:

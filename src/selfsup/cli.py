@@ -287,13 +287,16 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     import torch
 
     from selfsup.config import load_config
-    from selfsup.train.pretrain import build_views, load_train_data, resolve_normalization
+    from selfsup.train.pretrain import build_views, load_train_data, resolve_normalization, resolve_view_size
     from selfsup.viz.preview import preview_grid
 
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
     cfg = load_config(args.config, overrides)
     ds = load_train_data(cfg)
     resolve_normalization(cfg, ds)
+    note = resolve_view_size(cfg, ds)
+    if note:
+        print(note)
     recipe = build_views(cfg)
     n = min(args.n, len(ds))
     idx = torch.linspace(0, len(ds) - 1, n).long()

@@ -44,7 +44,8 @@ class ModelConfig:
 @dataclass
 class ViewsConfig:
     recipe: str = "simclr"  # simclr | byol | multicrop | single | colorization
-    size: int = 32
+    size: int | None = None  # None: follow the data (base_size scaled to the training images' side)
+    base_size: int = 32  # the image side the recipe's sizes (its views, options.local_size) are written for
     options: dict[str, Any] = field(default_factory=dict)  # extra arguments of the recipe
     mean: list[float] | None = None  # None: measured on the training data
     std: list[float] | None = None
@@ -115,7 +116,7 @@ POSITIVE = {("train", "epochs"), ("train", "batch_size"), ("train", "lr"), ("vie
             ("train", "checkpoint_every"), ("train", "log_every"), ("eval", "knn_k"), ("eval", "knn_temperature"),
             ("eval", "batch_size"), ("data", "image_size"), ("data", "subset"), ("train", "max_steps"),
             ("train", "keep_checkpoints"), ("train", "accumulate"), ("train", "checkpoint_every_steps"),
-            ("data", "max_pixels")}
+            ("data", "max_pixels"), ("views", "base_size")}
 NON_NEGATIVE = {("train", "weight_decay"), ("train", "momentum"), ("train", "warmup_epochs"), ("train", "min_lr"),
                 ("train", "knn_every"), ("data", "num_workers"), ("train", "grad_clip"), ("train", "collapse_every")}
 

@@ -8,6 +8,8 @@ the recipe lists them (global views first for multi-crop).
 from __future__ import annotations
 
 import hashlib
+import inspect
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -107,7 +109,8 @@ class ViewRecipe:
         if big > min(image_size):
             raise SelfSupError(
                 f"views of {big}x{big} px requested from images of {image_size[0]}x{image_size[1]} px; "
-                f"set views.size <= {min(image_size)} or data.image_size >= {big}"
+                f"set views.size <= {min(image_size)} or data.image_size >= {big}, or leave views.size unset "
+                "so that the views follow the images' size"
             )
 
 
@@ -186,6 +189,19 @@ RECIPES: dict[str, Callable[..., list[ViewSpec]]] = {
     "single": single,
     "colorization": colorization,
 }
+
+
+def scale_view_sizes(name: str, options: dict[str, Any], base_size: int, side: int) -> tuple[int, dict[str, Any]]:
+    """The view size and options of recipe ``name``, written for images of ``base_size`` px, for
+    images of ``side`` px: the views take the whole side, and the recipe's other sizes (multi-crop's
+    ``local_size``, given or its default) keep their proportion to it, rounded half up, at least 1."""
+    options = dict(options)
+    params = inspect.signature(RECIPES[name]).parameters if name in RECIPES else {}
+    if "local_size" in params:
+        local = options.get("local_size", params["local_size"].default)
+        if isinstance(local, (int, float)) and not isinstance(local, bool):
+            options["local_size"] = max(1, math.floor(local * side / base_size + 0.5))
+    return side, options
 
 
 def build_recipe(name: str, mean, std, *, dataset: ArrayDataset | ImageFolder | None = None,

@@ -19,7 +19,7 @@ from selfsup import dist
 from selfsup.config import Config, from_dict, load_yaml, method_kwargs
 from selfsup.data.datasets import ArrayDataset, ImageFolder, open_dataset
 from selfsup.data.loader import BatchLoader
-from selfsup.data.views import ViewRecipe, build_recipe
+from selfsup.data.views import ViewRecipe, build_recipe, scale_view_sizes
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import eval_batches, extract_features
 from selfsup.eval.knn import knn_eval
@@ -70,6 +70,38 @@ def resolve_normalization(cfg: Config, ds: ArrayDataset | ImageFolder) -> None:
     cfg.views.std = cfg.views.std or std
 
 
+def _data_side(cfg: Config, ds: ArrayDataset | ImageFolder) -> tuple[int, str] | None:
+    """The side the views scale to and how to name it; None where the data has no size of its
+    own: image folders are decoded to data.image_size (32 when unset), a size of our choosing."""
+    from_folder = isinstance(ds, ImageFolder) or ds.report is not None
+    if from_folder:
+        if cfg.data.image_size is None:
+            return None
+        return cfg.data.image_size, f"data.image_size={cfg.data.image_size}"
+    h, w = ds.image_size
+    return min(h, w), f"the data's {h}x{w} images"
+
+
+def resolve_view_size(cfg: Config, ds: ArrayDataset | ImageFolder) -> str | None:
+    """Fill views.size when not set, so the run folder records it: the recipe's sizes, written for
+    views.base_size, scaled to the training images' side. Returns a line saying so when that
+    changed a size, else None. A views.size already set (by the user, or by a saved run) stays."""
+    v = cfg.views
+    if v.size is not None:
+        return None
+    side = _data_side(cfg, ds)
+    if side is None or side[0] == v.base_size:
+        v.size = v.base_size
+        return None
+    recipe_options = scale_view_sizes(v.recipe, v.options, v.base_size, v.base_size)[1]
+    v.size, v.options = scale_view_sizes(v.recipe, v.options, v.base_size, side[0])
+    sizes, recipe_sizes = f"{v.size} px", f"{v.base_size} px"
+    if "local_size" in v.options:
+        sizes += f", local crops {v.options['local_size']} px"
+        recipe_sizes += f" and {recipe_options['local_size']} px"
+    return f"views: {sizes} (recipe {recipe_sizes} scaled to {side[1]}); set views.size to choose"
+
+
 def build_method(cfg: Config, dataset_size: int = 0) -> Method:
     name = cfg.method.get("name")
     if name not in METHODS:
@@ -98,6 +130,8 @@ def build_views(cfg: Config, train_set: ArrayDataset | ImageFolder | None = None
                 device: torch.device | None = None) -> ViewRecipe:
     # Background removal (views.options.background, ReLICv2) needs the training images for its
     # foreground masks, estimated on ``device`` and cached per data set under the runs folder.
+    if cfg.views.size is None:
+        raise SelfSupError("views.size is not set; call resolve_view_size(cfg, train_set) first, or set views.size")
     if "background" in cfg.views.options and train_set is None:
         train_set = load_train_data(cfg)
     return build_recipe(cfg.views.recipe, cfg.views.mean, cfg.views.std, size=cfg.views.size, dataset=train_set,
@@ -172,6 +206,9 @@ def pretrain(cfg: Config | None, resume_dir: str | Path | None = None, force: bo
     ckpt.seed_everything(cfg.train.seed)
     train_set = load_train_data(cfg)
     resolve_normalization(cfg, train_set)
+    note = resolve_view_size(cfg, train_set)
+    if note and dist.is_main():
+        print(note, flush=True)
     recipe = build_views(cfg, train_set, device)
     if isinstance(train_set, ArrayDataset):
         recipe.check_image_size(train_set.image_size)
