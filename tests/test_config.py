@@ -39,3 +39,17 @@ def test_override_syntax_errors_and_missing_recipe():
         parse_overrides(["epochs"])
     with pytest.raises(SelfSupError, match="not found"):
         load_config("no_such_recipe")
+
+
+def test_apply_overrides_takes_only_the_keys_a_command_reads():
+    from selfsup.config import apply_overrides
+
+    cfg = load_config("simclr")
+    allowed = {"eval": None, "train": ("device",)}
+    out = apply_overrides(cfg, ["eval.knn_k=5", "train.device=cpu"], "eval", allowed)
+    assert out.eval.knn_k == 5 and out.train.device == "cpu" and cfg.eval.knn_k == 200
+    with pytest.raises(SelfSupError, match=r"eval does not use train.lr, method.temperature; its overrides are "
+                                           r"eval.\*, train.device"):
+        apply_overrides(cfg, ["train.lr=0.1", "method.temperature=0.2"], "eval", allowed)
+    with pytest.raises(SelfSupError, match="unknown key eval.k;"):
+        apply_overrides(cfg, ["eval.k=5"], "eval", allowed)

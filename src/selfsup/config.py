@@ -275,6 +275,22 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
     return from_dict(_merge(d, ov))
 
 
+def apply_overrides(cfg: Config, overrides: list[str], command: str,
+                    allowed: dict[str, tuple[str, ...] | None]) -> Config:
+    """``cfg`` with ``section.key=value`` overrides, for a command that reads only the ``allowed``
+    keys (a section mapped to None: all of its keys). Unknown keys and bad values are refused as by
+    :func:`load_config`; known keys the command does not read are refused too, naming those it does."""
+    ov = parse_overrides(overrides)
+    out = from_dict(_merge(cfg.to_dict(), ov))
+    unused = [f"{sec}.{key}" for sec, keys in ov.items() for key in (keys if isinstance(keys, dict) else ("name",))
+              if sec not in allowed or (allowed[sec] is not None and key not in allowed[sec])]
+    if unused:
+        takes = ", ".join(f"{sec}.*" if keys is None else ", ".join(f"{sec}.{k}" for k in keys)
+                          for sec, keys in allowed.items())
+        raise SelfSupError(f"{command} does not use {', '.join(unused)}; its overrides are {takes}")
+    return out
+
+
 def method_kwargs(cls: type, cfg: dict[str, Any]) -> dict[str, Any]:
     """Check a method's config section against its constructor and return the keyword arguments."""
     params = inspect.signature(cls.__init__).parameters
