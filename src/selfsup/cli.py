@@ -64,6 +64,35 @@ def _eval_split_data(cfg, data: str | None):
     return train_set, test_set
 
 
+# The keys of a run's saved config each command reads (None: the whole section); the method, the
+# model and the views belong to the trained encoder and stay as the run saved them.
+EVAL_KEYS: dict[str, tuple[str, ...] | None] = {"eval": None, "data": None, "train": ("device", "seed")}
+EMBED_KEYS: dict[str, tuple[str, ...] | None] = {"eval": ("batch_size",), "data": ("path", "image_size"),
+                                                 "train": ("device",)}
+FLAG_KEYS = {"k": ("eval", "knn_k"), "temperature": ("eval", "knn_temperature"), "device": ("train", "device"),
+             "data": ("data", "path")}
+
+
+def _refuse_flag_and_override(args: argparse.Namespace) -> None:
+    """A flag and the override of its config key are one setting; refuse both given at once."""
+    from selfsup.config import parse_overrides
+
+    given = parse_overrides(args.overrides)
+    for flag, (sec, key) in FLAG_KEYS.items():
+        if getattr(args, flag, None) is not None and isinstance(given.get(sec), dict) and key in given[sec]:
+            raise SelfSupError(f"--{flag} and {sec}.{key} set the same thing; give one of them")
+
+
+def _load_run_with_overrides(args: argparse.Namespace, allowed: dict[str, tuple[str, ...] | None]):
+    """``load_run(args.run)`` with the command's ``section.key=value`` overrides on its config."""
+    from selfsup.config import apply_overrides
+    from selfsup.train.pretrain import load_run
+
+    _refuse_flag_and_override(args)
+    cfg, method, state = load_run(args.run)
+    return apply_overrides(cfg, args.overrides, args.command, allowed), method, state
+
+
 STANDARD_PROTOCOLS = ("knn", "linear", "linear-aug", "finetune", "cluster")
 PROTOCOLS = (*STANDARD_PROTOCOLS, "transfer", "all")
 
@@ -79,7 +108,12 @@ EPILOG_EVAL = """protocols (each writes eval_<protocol>.json into the run folder
 examples:
   selfsup eval all runs/simclr-0001
   selfsup eval finetune runs/simclr-0001 --fractions 0.01 --epochs 40
-  selfsup eval transfer runs/simclr-0001 --data ../shared/data/fashion-mnist"""
+  selfsup eval transfer runs/simclr-0001 --data ../shared/data/fashion-mnist
+  selfsup eval knn runs/simclr-0001 eval.knn_temperature=0.1 eval.knn_k=50
+overrides are section.key=value on the run's saved config, for the keys eval reads: eval.*, data.*,
+train.device, train.seed (report takes the same; embed eval.batch_size, data.path, data.image_size,
+train.device). A flag and the override of its key (--k and eval.knn_k, --temperature and
+eval.knn_temperature, --device and train.device, --data and data.path) are one setting: give one."""
 
 
 def _slug(text: str) -> str:
@@ -168,11 +202,11 @@ def _evaluate(protocol: str, name: str, encoder, cfg, args: argparse.Namespace, 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from selfsup.train.checkpoint import seed_everything
-    from selfsup.train.pretrain import build_method, load_run, pick_device
+    from selfsup.train.pretrain import build_method, pick_device
 
     if args.protocol == "transfer" and not args.data:
         raise SelfSupError("eval transfer needs --data: the labelled data set to transfer to")
-    cfg, method, state = load_run(args.run)
+    cfg, method, state = _load_run_with_overrides(args, EVAL_KEYS)
     device = pick_device(args.device or cfg.train.device)
     train_set, test_set = _eval_split_data(cfg, args.data)
     encoders = {"trained": method.backbone.to(device)}
@@ -218,10 +252,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from selfsup.data.datasets import ArrayDataset
     from selfsup.eval.report import collect_report
     from selfsup.train import checkpoint as ckpt
-    from selfsup.train.pretrain import build_method, build_views, load_run, load_test_data, load_train_data, pick_device
+    from selfsup.train.pretrain import build_method, build_views, load_test_data, load_train_data, pick_device
     from selfsup.viz.report import write_report
 
-    cfg, method, state = load_run(args.run)
+    cfg, method, state = _load_run_with_overrides(args, EVAL_KEYS)
     device = pick_device(args.device or cfg.train.device)
     train_set = load_train_data(cfg)
     if not isinstance(train_set, ArrayDataset):
@@ -246,9 +280,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from selfsup.data.datasets import ArrayDataset, open_dataset
     from selfsup.eval.embed import save_embeddings
     from selfsup.eval.features import extract_features
-    from selfsup.train.pretrain import load_run, pick_device
+    from selfsup.train.pretrain import pick_device
 
-    cfg, method, _ = load_run(args.run)
+    cfg, method, _ = _load_run_with_overrides(args, EMBED_KEYS)
     device = pick_device(args.device or cfg.train.device)
     ds = open_dataset(args.data or cfg.data.path, args.split, cfg.data.image_size or cfg.views.size)
     if not isinstance(ds, ArrayDataset):
@@ -290,6 +324,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     from selfsup.train.pretrain import build_views, load_train_data, resolve_normalization, resolve_view_size
     from selfsup.viz.preview import preview_grid
 
+    _refuse_flag_and_override(args)
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
     cfg = load_config(args.config, overrides)
     ds = load_train_data(cfg)
@@ -345,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("protocol", choices=PROTOCOLS)
     ev.add_argument("run", help="a run folder")
+    ev.add_argument("overrides", nargs="*", help="section.key=value overrides of the run's config (see below)")
     ev.add_argument("--data", help="evaluate on another labelled data set (default: the run's; required by transfer)")
     ev.add_argument("--k", type=int, help="kNN neighbours (default: eval.knn_k, 200)")
     ev.add_argument("--temperature", type=float, help="kNN temperature (default: eval.knn_temperature, 0.07)")
@@ -368,12 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="PNG plots and one self-contained HTML page for a run")
     rp.add_argument("run", help="a run folder; writes RUN/report.html and RUN/plots/*.png")
+    rp.add_argument("overrides", nargs="*", help="section.key=value overrides of the run's config: eval.*, data.*, "
+                    "train.device, train.seed")
     rp.add_argument("--max-points", type=int, default=2000, help="test images in the t-SNE map and collapse measures")
     rp.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
     rp.set_defaults(func=_cmd_report)
 
     em = sub.add_parser("embed", help="write a data set's embeddings (features, index, labels)")
     em.add_argument("run", help="a run folder")
+    em.add_argument("overrides", nargs="*", help="section.key=value overrides of the run's config: "
+                    "eval.batch_size, data.path, data.image_size, train.device")
     em.add_argument("--data", help="data set (default: the run's)")
     em.add_argument("--split", choices=["train", "test"], default="train")
     em.add_argument("--out", required=True, help="FILE.npy (+ FILE.meta.npz), FILE.npz, or FILE.parquet (pyarrow)")
