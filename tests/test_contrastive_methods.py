@@ -422,7 +422,7 @@ RUNS = {
     "dim": (["method.estimator=infonce", "method.feature_dim=64", "method.hidden_dim=128", "train.epochs=1"] + LARS,
             4.0),
     "amdim": (["method.feature_dim=64", "method.hidden_dim=128", "train.epochs=2"] + LARS, 4.0),
-    "byol": (["method.hidden_dim=128", "method.projection_dim=64", "train.lr=1.0", "train.epochs=4"], 3.0),
+    "byol": (["method.hidden_dim=128", "method.projection_dim=64", "train.lr=1.0", "train.epochs=6"], 4.0),
     "clip": (["train.lr=1.0", "train.epochs=2"], 5.0),
 }
 

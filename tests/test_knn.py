@@ -61,3 +61,19 @@ def test_linear_probe_learns_a_linear_rule_and_picks_weight_decay_on_validation(
     assert r["weight_decay"] in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2) and len(r["val_top1"]) == 5
     noisy = linear_probe(torch.randn(400, 20, generator=g), y_tr, x_te, y_te)
     assert noisy["top1"] < 45.0  # labels unrelated to the features: near chance (25%)
+
+
+def test_leave_one_out_knn_of_the_learning_tests_matches_a_naive_loop():
+    from conftest import leave_one_out_knn_top1
+
+    g = torch.Generator().manual_seed(3)
+    f, y = torch.randn(40, 6, generator=g), torch.randint(0, 4, (40,), generator=g)
+    unit = torch.nn.functional.normalize(f, dim=1).tolist()
+    correct = 0
+    for i, q in enumerate(unit):
+        sims = sorted(((sum(a * b for a, b in zip(q, unit[j])), j) for j in range(40) if j != i), reverse=True)[:5]
+        votes = [0.0] * 4
+        for s, j in sims:
+            votes[int(y[j])] += math.exp(s / 0.1)
+        correct += votes.index(max(votes)) == int(y[i])
+    assert leave_one_out_knn_top1(f, y, k=5, temperature=0.1) == pytest.approx(100.0 * correct / 40, abs=1e-4)

@@ -14,8 +14,6 @@ from selfsup.data.datasets import ArrayDataset
 from selfsup.data.foreground import ForegroundMasks
 from selfsup.data.views import BackgroundRemoval, build_recipe
 from selfsup.errors import SelfSupError
-from selfsup.eval.features import extract_features
-from selfsup.eval.knn import knn_eval
 from selfsup.losses import relic_loss, relic_loss_terms
 from selfsup.methods import Context, ReLIC, ReLICv2
 from selfsup.models import build_backbone, momentum_at
@@ -23,7 +21,6 @@ from selfsup.train.checkpoint import seed_everything
 from selfsup.train.pretrain import (
     build_method,
     build_views,
-    load_test_data,
     load_train_data,
     pretrain,
     resolve_normalization,
@@ -277,19 +274,11 @@ RELICV2_MARGIN = 7.0
 RELIC_MARGIN = 10.0
 
 
-def _knn_top1(cfg, backbone):
-    train, test = load_train_data(cfg), load_test_data(cfg)
-    args = (cfg.views.mean, cfg.views.std, cfg.views.size)
-    f_tr, y_tr = extract_features(backbone, train, *args)
-    f_te, y_te = extract_features(backbone, test, *args)
-    return knn_eval(f_tr, y_tr, f_te, y_te, k=cfg.eval.knn_k)["top1"]
-
-
-def _margin_over_random_init(cfg):
+def _margin_over_random_init(cfg, learning):
     result = pretrain(cfg, progress=False)
-    trained = _knn_top1(cfg, result.method.backbone)
+    trained = learning.knn_top1(cfg, result.method.backbone)
     seed_everything(cfg.train.seed)
-    random_init = _knn_top1(cfg, build_method(cfg).backbone)
+    random_init = learning.knn_top1(cfg, build_method(cfg).backbone)
     return trained, random_init, result
 
 
@@ -297,7 +286,7 @@ def test_relicv2_beats_random_init_on_digits(tmp_path, learning):
     # 66 steps: the target must move faster than BYOL's 0.996 lets it over a long run.
     cfg = load_config("relicv2", SMALL + ["views.options.local_size=8", "views.options.num_local=2",
                                           "method.base_momentum=0.9", *learning.overrides, f"run.dir={tmp_path}"])
-    trained, random_init, result = _margin_over_random_init(cfg)
+    trained, random_init, result = _margin_over_random_init(cfg, learning)
     learning.check(trained, random_init, RELICV2_MARGIN)
     last = result.fit.history[-1]
     assert 0 < last["kl"] and last["contrastive"] > 0 and 0.9 < last["momentum"] <= 1.0
@@ -306,6 +295,6 @@ def test_relicv2_beats_random_init_on_digits(tmp_path, learning):
 
 def test_relic_beats_random_init_on_digits(tmp_path, learning):
     cfg = load_config("relic", SMALL + ["train.epochs=5"] + learning.overrides + [f"run.dir={tmp_path}"])
-    trained, random_init, _ = _margin_over_random_init(cfg)
+    trained, random_init, _ = _margin_over_random_init(cfg, learning)
     learning.check(trained, random_init, RELIC_MARGIN)
 
