@@ -37,7 +37,7 @@ class ModelConfig:
     backbone: str = "resnet18"
     stem: str = "cifar"  # 'cifar' (3x3, no max-pool) or 'imagenet' (7x7 + max-pool)
     width: float = 1.0
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on for CPU and CUDA (train/precision.py)
     sync_bn: bool = True  # several processes: BatchNorm over the global batch (not for MoCo v1/v2: shuffle-BN)
 
 
@@ -63,7 +63,7 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_epochs: float = 10.0  # capped at the run's length
     min_lr: float = 0.0  # the cosine schedule's floor, as a fraction of the peak lr
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "auto"  # auto (bf16 where the device runs it natively, else fp32) | fp32 | bf16
     grad_clip: float | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -110,7 +110,7 @@ CHOICES = {
     ("model", "stem"): ("cifar", "imagenet"),
     ("train", "optimizer"): ("sgd", "lars", "adamw"),
     ("train", "lr_scaling"): ("linear", "sqrt", "none"),
-    ("train", "precision"): ("fp32", "bf16"),
+    ("train", "precision"): ("auto", "fp32", "bf16"),
 }
 POSITIVE = {("train", "epochs"), ("train", "batch_size"), ("train", "lr"), ("views", "size"), ("model", "width"),
             ("train", "checkpoint_every"), ("train", "log_every"), ("eval", "knn_k"), ("eval", "knn_temperature"),

@@ -6,10 +6,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup.losses.infonce import _check_matrix, _check_same_shape
+from selfsup.losses.precision import fp32
 
 __all__ = ["byol_loss"]
 
 
+@fp32
 def byol_loss(p: Tensor, z: Tensor) -> Tensor:
     r"""Normalised mean squared error between online predictions and target projections.
 

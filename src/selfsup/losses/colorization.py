@@ -6,10 +6,12 @@ import torch
 from torch import Tensor
 
 from selfsup.errors import SelfSupError
+from selfsup.losses.precision import fp32
 
 __all__ = ["colorization_loss"]
 
 
+@fp32
 def colorization_loss(logits: Tensor, target_index: Tensor, target_weight: Tensor,
                       class_weights: Tensor | None = None) -> Tensor:
     r"""Zhang, Isola & Efros (2016), "Colorful Image Colorization", arXiv:1603.08511, eq. 2:

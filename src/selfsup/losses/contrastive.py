@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup.errors import SelfSupError
+from selfsup.losses.precision import fp32
 
 
+@fp32
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     """Normalized temperature-scaled cross-entropy over the 2N views of a batch.
 
@@ -37,6 +39,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     return F.cross_entropy(logits, target)
 
 
+@fp32
 def contrastive_loss(query: Tensor, key: Tensor, temperature: float | Tensor = 0.07, negatives: Tensor | None = None,
                      in_batch: bool = False, exclude: Tensor | None = None) -> Tensor:
     r"""InfoNCE of each query against its key and negatives from the batch and/or a stored set.

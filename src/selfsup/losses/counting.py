@@ -7,6 +7,7 @@ from typing import NamedTuple
 from torch import Tensor
 
 from selfsup.errors import SelfSupError
+from selfsup.losses.precision import fp32
 
 __all__ = ["CountingTerms", "counting_loss", "counting_loss_terms"]
 
@@ -22,6 +23,7 @@ class CountingTerms(NamedTuple):
     """Mean max(0, M - ||phi(D(y)) - sum_j phi(T_j(x))||^2)."""
 
 
+@fp32
 def counting_loss_terms(down: Tensor, tiles: Tensor, other_down: Tensor, margin: float = 10.0) -> CountingTerms:
     r"""Noroozi, Pirsiavash & Favaro (2017), "Representation Learning by Learning to Count",
     arXiv:1708.06734, the contrastive counting loss: with :math:`\phi` the counting features, D
@@ -53,6 +55,7 @@ def counting_loss_terms(down: Tensor, tiles: Tensor, other_down: Tensor, margin:
     return CountingTerms((equivariance + contrastive).mean(), equivariance.mean(), contrastive.mean())
 
 
+@fp32
 def counting_loss(down: Tensor, tiles: Tensor, other_down: Tensor, margin: float = 10.0) -> Tensor:
     """The counting loss (see :func:`counting_loss_terms`)."""
     return counting_loss_terms(down, tiles, other_down, margin).loss

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from selfsup.errors import SelfSupError
 from selfsup.losses.infonce import _check_matrix
+from selfsup.losses.precision import fp32
 
 __all__ = ["dim_local_loss", "amdim_loss"]
 
@@ -49,6 +50,7 @@ def _check_global_local(global_features: Tensor, local_sets: Tensor, g_name: str
         raise SelfSupError(f"{l_name} has no locations.")
 
 
+@fp32
 def dim_local_loss(local_features: Tensor, global_features: Tensor, estimator: str = "jsd") -> Tensor:
     r"""Local Deep InfoMax: mutual information between a global feature and every local feature.
 
@@ -97,6 +99,7 @@ def dim_local_loss(local_features: Tensor, global_features: Tensor, estimator: s
     return e_neg - e_pos
 
 
+@fp32
 def amdim_loss(
     global_a: Tensor,
     local_b: Tensor,

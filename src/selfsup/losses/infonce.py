@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup.errors import SelfSupError
+from selfsup.losses.precision import fp32
 
 __all__ = ["info_nce", "info_nce_in_batch", "clip_loss"]
 
@@ -69,6 +70,7 @@ def _check_index(index: object, name: str, length: int, upper: int) -> Tensor:
     return index.long()
 
 
+@fp32
 def info_nce(
     query: Tensor,
     key: Tensor,
@@ -116,6 +118,7 @@ def info_nce(
     return F.cross_entropy(logits, target)
 
 
+@fp32
 def info_nce_in_batch(
     query: Tensor,
     key: Tensor,
@@ -154,6 +157,7 @@ def info_nce_in_batch(
     return loss
 
 
+@fp32
 def clip_loss(a: Tensor, b: Tensor, temperature: float | Tensor = 0.07) -> Tensor:
     r"""CLIP's symmetric in-batch cross-entropy.
 

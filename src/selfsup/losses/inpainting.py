@@ -7,10 +7,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup.errors import SelfSupError
+from selfsup.losses.precision import fp32
 
 __all__ = ["inpainting_loss", "inpainting_weights"]
 
 
+@fp32
 def inpainting_weights(mask: Tensor, overlap: int = 0, overlap_weight: float = 10.0) -> Tensor:
     """Per-pixel loss weights ``(B, 1, H, W)``: 1 on the removed pixels, ``overlap_weight`` on the
     context pixels within ``overlap`` pixels (Chebyshev distance) of them, 0 elsewhere."""
@@ -26,6 +28,7 @@ def inpainting_weights(mask: Tensor, overlap: int = 0, overlap_weight: float = 1
     return m + overlap_weight * (grown - m)
 
 
+@fp32
 def inpainting_loss(pred: Tensor, target: Tensor, mask: Tensor, overlap: int = 0,
                     overlap_weight: float = 10.0) -> Tensor:
     r"""Pathak, Krähenbühl, Donahue, Darrell & Efros (2016), "Context Encoders: Feature Learning by

@@ -25,6 +25,7 @@ from selfsup.losses.infonce import (
     _check_same_dim,
     _check_same_shape,
 )
+from selfsup.losses.precision import fp32
 
 __all__ = [
     "nonparametric_softmax_loss",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 
+@fp32
 def nonparametric_softmax_loss(
     features: Tensor,
     memory: Tensor,
@@ -70,6 +72,7 @@ def nonparametric_softmax_loss(
     return F.cross_entropy(logits, index)
 
 
+@fp32
 def instdisc_nce_loss(
     features: Tensor,
     memory: Tensor,
@@ -139,6 +142,7 @@ def instdisc_nce_loss(
     return per_sample.mean()
 
 
+@fp32
 def estimate_nce_normalizer(noise_logits: Tensor, num_data: int) -> Tensor:
     r"""Monte-Carlo estimate of InstDisc's NCE normalisation constant Z.
 
@@ -173,6 +177,7 @@ def estimate_nce_normalizer(noise_logits: Tensor, num_data: int) -> Tensor:
     return num_data * torch.exp(log_mean)
 
 
+@fp32
 def proximal_term(features: Tensor, memory_rows: Tensor, lamb: float) -> Tensor:
     r"""Proximal regulariser of InstDisc, the second term of eq. (10).
 

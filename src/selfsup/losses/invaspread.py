@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup.losses.infonce import _check_matrix, _check_positive_scalar, _check_same_shape
+from selfsup.losses.precision import fp32
 
 __all__ = ["invaspread_loss"]
 
@@ -20,6 +21,7 @@ def _log1mexp(a: Tensor) -> Tensor:
     return torch.where(a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
 
 
+@fp32
 def invaspread_loss(features: Tensor, augmented: Tensor, temperature: float | Tensor = 0.1) -> Tensor:
     r"""Negative log-likelihood that each augmented sample is recognized as its own instance and no
     other sample of the batch is.

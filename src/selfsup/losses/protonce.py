@@ -12,6 +12,7 @@ from torch import Tensor
 
 from selfsup.errors import SelfSupError
 from selfsup.losses.infonce import _check_index, _check_matrix, _check_same_dim
+from selfsup.losses.precision import fp32
 
 __all__ = ["proto_nce_loss", "pcl_concentration"]
 
@@ -48,6 +49,7 @@ def _sample_negative_prototypes(
     return draw + (draw >= positives[:, None]).long()
 
 
+@fp32
 def proto_nce_loss(
     query: Tensor,
     prototypes: Sequence[Tensor],
@@ -131,6 +133,7 @@ def proto_nce_loss(
     return total / n_sets
 
 
+@fp32
 def pcl_concentration(
     features: Tensor,
     assignments: Tensor,

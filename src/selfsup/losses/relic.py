@@ -10,6 +10,7 @@ from torch import Tensor
 
 from selfsup.errors import SelfSupError
 from selfsup.losses.infonce import _check_matrix, _check_positive_scalar, _check_same_shape
+from selfsup.losses.precision import fp32
 
 __all__ = ["ReLICTerms", "relic_loss", "relic_loss_terms"]
 
@@ -25,6 +26,7 @@ class ReLICTerms(NamedTuple):
     """Mean invariance KL (unweighted)."""
 
 
+@fp32
 def relic_loss_terms(
     anchor: Tensor,
     positive: Tensor,
@@ -100,6 +102,7 @@ def relic_loss_terms(
     return ReLICTerms(loss=alpha * contrastive + beta * kl, contrastive=contrastive, kl=kl)
 
 
+@fp32
 def relic_loss(
     anchor: Tensor,
     positive: Tensor,

@@ -10,10 +10,12 @@ from torch import Tensor
 
 from selfsup.errors import SelfSupError
 from selfsup.losses.infonce import _check_matrix, _check_positive_scalar, _check_same_shape
+from selfsup.losses.precision import fp32
 
 __all__ = ["swav_loss"]
 
 
+@fp32
 def swav_loss(
     scores: Sequence[Tensor],
     codes: Sequence[Tensor] | Mapping[int, Tensor],

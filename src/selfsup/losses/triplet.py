@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup.errors import SelfSupError
+from selfsup.losses.precision import fp32
 
 DISTANCES = ("cosine", "euclidean")
 
 
+@fp32
 def pair_distance(x: Tensor, y: Tensor, distance: str = "cosine") -> Tensor:
     """Row-wise distance between two (N, D) tensors: 1 - cos(x, y), or the Euclidean norm."""
     if distance == "cosine":
@@ -20,6 +22,7 @@ def pair_distance(x: Tensor, y: Tensor, distance: str = "cosine") -> Tensor:
     return (x - y).norm(dim=1)
 
 
+@fp32
 def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 0.5,
                  distance: str = "cosine", weight: Tensor | None = None) -> Tensor:
     """Mean hinge loss over triplets: max(0, D(a, p) - D(a, n) + m).

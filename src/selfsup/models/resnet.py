@@ -16,6 +16,22 @@ from torch import Tensor, nn
 from selfsup.errors import SelfSupError
 
 
+def _strided_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)``; a strided 3x3 convolution of a 1x1 map under CPU bf16 autocast runs in fp32.
+
+    PyTorch 2.13's oneDNN bf16 kernel for the weight gradient of a 3x3, stride-2 convolution whose
+    input is 1x1 reads memory it never wrote: measured, 5 of 30 backward passes (15 of 30 at 128
+    channels) returned NaN weight gradients where the fp32 kernel never does (2x2 inputs and stride
+    1 are fine). Such maps reach ResNet's last stage from inputs of 4 px or less (CIFAR stem) or
+    16 px or less (ImageNet stem): small patches (jigsaw, relative position) and small local crops.
+    """
+    if x.device.type == "cpu" and x.shape[-1] == 1 and x.shape[-2] == 1 and conv.stride != (1, 1) \
+            and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return conv(x.float())
+    return conv(x)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -32,7 +48,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         idt = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(_strided_conv(self.conv1, x)))
         return self.relu(self.bn2(self.conv2(out)) + idt)
 
 
@@ -56,7 +72,7 @@ class Bottleneck(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         idt = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.relu(self.bn2(_strided_conv(self.conv2, out)))
         return self.relu(self.bn3(self.conv3(out)) + idt)
 
 

@@ -28,6 +28,7 @@ from selfsup.models import build_backbone
 from selfsup.models.sync_bn import convert_to_global_bn
 from selfsup.train import checkpoint as ckpt
 from selfsup.train import launch
+from selfsup.train.precision import resolve_fast_defaults
 from selfsup.train.trainer import FitResult, fit
 
 
@@ -201,6 +202,9 @@ def pretrain(cfg: Config | None, resume_dir: str | Path | None = None, force: bo
             torch.distributed.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
     device = pick_device(cfg.train.device)
+    fast = resolve_fast_defaults(cfg, device)  # before config.yaml is written: it records the choice
+    if fast and dist.is_main():
+        print(fast, flush=True)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     ckpt.seed_everything(cfg.train.seed)

@@ -40,6 +40,7 @@ from selfsup.methods.base import Context, Method
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.guards import MAX_BAD_STEPS, CollapseMonitor, DivergenceGuard, grads_finite
 from selfsup.train.optim import build_optimizer, cosine_schedule, scaled_lr
+from selfsup.train.precision import resolve_precision
 from selfsup.train.signals import PreemptionHandler
 
 __all__ = ["MAX_BAD_STEPS", "FitResult", "MetricsLog", "fit"]
@@ -154,7 +155,8 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
     history: list[dict[str, Any]] = []
     timing = {"data": 0.0, "augment": 0.0, "compute": 0.0}
     show = progress and dist.is_main()
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    precision = resolve_precision(cfg.precision, device)[0]  # "auto" from callers that skip pretrain
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     preempt = PreemptionHandler(handle_signals)
 
     def sync() -> None:
