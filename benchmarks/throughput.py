@@ -9,7 +9,8 @@ come from one process, so their ratios are comparable even on a noisy machine.
     python benchmarks/throughput.py --width 0.25 --batch-size 256 --steps 20
     python benchmarks/throughput.py --data ../shared/data/cifar10 --device cuda --precision bf16
     python benchmarks/throughput.py --config simclr,byol,swav --width 0.25   # one table, one process
-    python benchmarks/throughput.py --config "simclr,simclr:model.channels_last=true,simclr:train.compile=true"
+    python benchmarks/throughput.py --config "simclr:train.precision=fp32;model.channels_last=false,simclr"
+    python benchmarks/throughput.py --config "simclr,simclr:train.compile=true" --warmup 3
 
 An entry RECIPE:KEY=VALUE;KEY=VALUE adds overrides to that entry only (a variant). With several
 entries, each is measured in turn in this process and a Markdown table is printed
@@ -30,6 +31,7 @@ from selfsup.config import load_config
 from selfsup.data.datasets import ArrayDataset
 from selfsup.data.loader import BatchLoader
 from selfsup.eval.features import eval_batches
+from selfsup.train.precision import resolve_fast_defaults
 from selfsup.train.pretrain import (
     build_method,
     build_views,
@@ -44,6 +46,7 @@ from selfsup.train.trainer import fit
 def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
     cfg = load_config(config, overrides)
     device = pick_device(cfg.train.device)
+    resolve_fast_defaults(cfg, device)  # precision auto, channels_last null: what a run would use
     ds = load_train_data(cfg) if cfg.data.path != "synthetic" else None
     if ds is None:
         g = torch.Generator().manual_seed(0)
@@ -61,7 +64,9 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
     cfg.train.warmup_epochs = 0
     cfg.train.max_steps = warmup
     batches = lambda: eval_batches(ds, cfg.views.mean, cfg.views.std, cfg.views.size, 512, device)  # noqa: E731
+    t = time.perf_counter()
     fit(method, loader, recipe, cfg.train, None, progress=False, profile=True, eval_batches=batches)
+    warmup_wall = time.perf_counter() - t  # with train.compile: includes compiling
     cfg.train.max_steps = steps
     t = time.perf_counter()
     res = fit(method, loader, recipe, cfg.train, None, progress=False, profile=True, eval_batches=batches)
@@ -70,7 +75,8 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
     return {
         "method": cfg.method["name"], "backbone": f"{cfg.model.backbone} x{cfg.model.width} ({cfg.model.stem} stem)",
         "views": f"{recipe.num_views} x {cfg.views.recipe}", "batch_size": cfg.train.batch_size,
-        "precision": cfg.train.precision, "device": str(device), "steps": res.steps,
+        "precision": cfg.train.precision, "channels_last": cfg.model.channels_last, "compile": cfg.train.compile,
+        "device": str(device), "steps": res.steps, "warmup_steps": warmup, "warmup_wall_s": round(warmup_wall, 2),
         "images_per_s": round(res.steps * cfg.train.batch_size / total, 1),
         "wall_s": round(wall, 2),
         "split": {k: round(v / total, 4) for k, v in res.timing.items()},
@@ -87,7 +93,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32")
+    p.add_argument("--precision", default="auto", help="auto (the default: bf16 where native) | fp32 | bf16")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()

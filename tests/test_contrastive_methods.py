@@ -343,7 +343,7 @@ def test_ema_updates_once_per_optimizer_step_under_gradient_accumulation():
         torch.manual_seed(0)
         toy = _EMAToy()
         cfg = TrainConfig(epochs=3, batch_size=batch, accumulate=accumulate, optimizer="sgd", lr=0.1,
-                          lr_scaling="none", warmup_epochs=0, weight_decay=0.0)
+                          lr_scaling="none", warmup_epochs=0, weight_decay=0.0, precision="fp32")
         result = fit(toy, BatchLoader(ds, batch, seed=0), ViewRecipe([]), cfg, progress=False)
         runs.append((result.steps, toy.updates, toy.target.weight.detach().clone(), toy.backbone.weight.detach()))
     (steps1, updates1, target1, online1), (steps2, updates2, target2, online2) = runs

@@ -124,7 +124,7 @@ def test_gradient_accumulation_equals_the_large_batch():
         torch.manual_seed(0)
         m = _IndexRegression()
         cfg = TrainConfig(epochs=3, batch_size=batch, accumulate=acc, optimizer="sgd", lr=0.1, lr_scaling="none",
-                          warmup_epochs=0, weight_decay=0.0)
+                          warmup_epochs=0, weight_decay=0.0, precision="fp32")
         res = fit(m, BatchLoader(ds, batch, seed=0), ViewRecipe([]), cfg, progress=False)
         results.append((m.backbone.weight.detach().clone(), res.steps, m.steps_seen))
     (w1, s1, seen1), (w2, s2, seen2) = results
