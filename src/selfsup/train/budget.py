@@ -100,7 +100,7 @@ def plan_steps(budget_minutes: float, costs: Costs, steps_per_epoch: int, knn_ev
     if steps < steps_per_epoch:
         need = seconds(steps_per_epoch) / SAFETY / 60
         raise SelfSupError(
-            f"train.budget_minutes={budget_minutes:g} fits about {steps} optimizer steps (measured "
+            f"train.budget_minutes={budget_minutes:g} fits about {steps} optimizer step{'s' * (steps != 1)} (measured "
             f"{costs.step_s:.3g} s/step, {costs.epoch_hook_s:.3g} s per epoch hook, {costs.monitor_s:.3g} s per kNN "
             f"monitor, {costs.checkpoint_s:.3g} s per checkpoint, {costs.fixed_s:.3g} s already spent), less than "
             f"one epoch of {steps_per_epoch} steps; set train.budget_minutes >= {math.ceil(need * 100) / 100:g} "
