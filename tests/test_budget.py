@@ -144,3 +144,30 @@ def test_the_probe_leaves_no_trace(method, tmp_path, monkeypatch):
     ra = _records(plain.run_dir)
     rb = [{k: v for k, v in r.items() if k not in extra} for r in _records(budgeted.run_dir) if r.get("type") != "plan"]
     assert ra == rb
+
+
+def _budgeted_rank(rank: int, world: int, run_dir: str) -> tuple[int, dict]:
+    # Each rank measures its own costs (rank 0 also saves); the planner must see the ranks' mean.
+    real = trainer.probe
+
+    def probe(*args, **kwargs):
+        real(*args, **kwargs)
+        return Costs(step_s=1.0, checkpoint_s=2.0) if rank == 0 else Costs(step_s=0.5)
+
+    trainer.probe = probe
+    args = BASE + ["method.name=simclr", "method.hidden_dim=64", "method.projection_dim=32", "train.batch_size=32",
+                   "train.budget_minutes=0.2", f"run.dir={run_dir}", "run.name=r"]
+    result = pretrain(load_config(None, args), progress=False)
+    return result.fit.steps, ckpt.load_latest(result.run_dir)[0]["loop"]["plan"] if rank == 0 else {}
+
+
+def test_distributed_ranks_plan_the_same_steps_from_their_mean_costs(tmp_path):
+    from distributed import run_distributed
+
+    expected = plan_steps(0.2, Costs(step_s=0.75, checkpoint_s=2.0), 3, checkpoint_every=1)
+    # Rank 0's costs alone, rank 1's alone, or the checkpoint averaged too would plan otherwise.
+    others = [plan_steps(0.2, c, 3, checkpoint_every=1) for c in
+              (Costs(step_s=1.0, checkpoint_s=2.0), Costs(step_s=0.5), Costs(step_s=0.75, checkpoint_s=1.0))]
+    assert expected == (6, 2) and expected not in others
+    (steps0, plan), (steps1, _) = run_distributed(_budgeted_rank, 2, str(tmp_path))
+    assert steps0 == steps1 == plan["total_steps"] == 6 and plan["costs"]["step_s"] == 0.75

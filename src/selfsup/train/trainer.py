@@ -130,8 +130,8 @@ def probe(method: Method, model: nn.Module, loader: BatchLoader, recipe: ViewRec
     ``monitor_s`` (the epoch-0 kNN monitor, timed by the caller) and the time since ``started_at``
     are taken as they are. Then the method's whole state, the optimizer, the augmentation
     generator, every RNG and the loader's position are put back as they were, so that the run
-    starts exactly as an unbudgeted one would. With several processes the ranks' costs are
-    averaged (the checkpoint's is rank 0's, the only one that saves), so all plan the same steps.
+    starts exactly as an unbudgeted one would. These are this process's costs: see
+    :func:`mean_over_ranks`.
     """
     sync()
     saved = {"method": {k: v.clone() for k, v in method.state_dict().items()},
@@ -193,14 +193,20 @@ def probe(method: Method, model: nn.Module, loader: BatchLoader, recipe: ViewRec
         loader.set_epoch(saved["epoch"])
         loader.failed = saved["failed"]
         method.train(saved["training"])
-    values = [step_s, hook_s, monitor_s, checkpoint_s, time.perf_counter() - started_at]
-    if dist.is_distributed():
-        total = dist.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=loader.device)).tolist()
-        values = [v / dist.world_size() for v in total]
-        values[3] = total[3]  # only rank 0 saves: its time is everyone's
-    step_s, hook_s, monitor_s, checkpoint_s, fixed_s = values
     return budget.Costs(step_s=step_s, epoch_hook_s=hook_s, monitor_s=monitor_s, checkpoint_s=checkpoint_s,
-                        fixed_s=fixed_s)
+                        fixed_s=time.perf_counter() - started_at)
+
+
+def mean_over_ranks(costs: budget.Costs, device: torch.device) -> budget.Costs:
+    """The ranks' mean costs, so that every rank plans the same steps; a checkpoint costs what it
+    costs rank 0, the only one that saves (the others wait for it). Identity on one process."""
+    if not dist.is_distributed():
+        return costs
+    values = [costs.step_s, costs.epoch_hook_s, costs.monitor_s, costs.checkpoint_s, costs.fixed_s]
+    total = dist.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+    mean = [v / dist.world_size() for v in total]
+    return budget.Costs(step_s=mean[0], epoch_hook_s=mean[1], monitor_s=mean[2], checkpoint_s=total[3],
+                        fixed_s=mean[4])
 
 
 def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfig, run_dir: str | Path | None = None,
@@ -340,6 +346,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
         costs = probe(method, model, loader, recipe, optimizer, aug_gen, cfg, probe_context,
                       save_to=scratch_save if run_dir is not None and dist.is_main() else None,
                       monitor_s=monitor_s, started_at=started_at, autocast=autocast, sync=sync)
+        costs = mean_over_ranks(costs, device)
         planned, planned_epochs = budget.plan_steps(
             cfg.budget_minutes, costs, steps_per_epoch, knn_every=cfg.knn_every if monitor is not None else 0,
             checkpoint_every=cfg.checkpoint_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
