@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
-from resume_util import BASE, _records, _stopping_at
+from resume_util import BASE, _records
 
 from selfsup.config import load_config
 from selfsup.errors import Preempted, SelfSupError
@@ -108,8 +110,15 @@ def test_a_budgeted_run_resumes_exactly_with_its_stored_plan(tmp_path, monkeypat
     args = BASE + BYOL + [f"train.budget_minutes={budget_for(5)}", f"run.dir={tmp_path}"]  # 2 epochs, last partial
     full = pretrain(load_config(None, args + ["run.name=full"]), progress=False)
     assert full.fit.steps == 5
+
+    class Stopping(METHODS["byol"]):  # SIGTERM after step 4, inside the partial last epoch (not in the probe)
+        def on_step_end(self, ctx):
+            super().on_step_end(ctx)
+            if ctx.step == 4 and ctx.total_steps < trainer.PROBE_TOTAL_STEPS:
+                os.kill(os.getpid(), signal.SIGTERM)
+
     with monkeypatch.context() as mp:
-        mp.setitem(METHODS, "byol", _stopping_at(METHODS["byol"], 4))  # inside the partial last epoch
+        mp.setitem(METHODS, "byol", Stopping)
         with pytest.raises(Preempted):
             pretrain(load_config(None, args + ["run.name=part"]), progress=False)
     # Measured again, the costs would plan another length (here 11 steps): the stored plan is used.

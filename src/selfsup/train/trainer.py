@@ -113,7 +113,7 @@ def step_scalars(out: dict[str, Any]) -> dict[str, float]:
     return dict(zip(names, dist.all_reduce_mean(values).tolist()))
 
 
-PROBE_STEPS = 20  # optimizer steps a budgeted run times before planning (at most one epoch)
+PROBE_STEPS = 20  # optimizer steps a budgeted run times before planning (the first 2 untimed)
 PROBE_TOTAL_STEPS = 10**9  # the probe's Context.total_steps: far away, so no step-scheduled work falls in it
 
 
@@ -124,9 +124,9 @@ def probe(method: Method, model: nn.Module, loader: BatchLoader, recipe: ViewRec
     """Measure what a budgeted run's parts cost, then rewind everything the measuring touched.
 
     Times one ``on_epoch_start`` call (with ``context()``, at the method's ``hook_probe_epoch``),
-    up to :data:`PROBE_STEPS` optimizer steps of the first epoch at lr 0 (the first one or two are
-    warm-up and not timed), and one checkpoint save (``save_to()``, which writes one to a scratch
-    path and deletes it).
+    :data:`PROBE_STEPS` optimizer steps at lr 0 from the start of the data order (over several
+    epochs if one is shorter, epoch turns included; the first two are warm-up and not timed) and
+    one checkpoint save (``save_to()``, which writes one to a scratch path and deletes it).
     ``monitor_s`` (the epoch-0 kNN monitor, timed by the caller) and the time since ``started_at``
     are taken as they are. Then the method's whole state, the optimizer, the augmentation
     generator, every RNG and the loader's position are put back as they were, so that the run
@@ -137,9 +137,14 @@ def probe(method: Method, model: nn.Module, loader: BatchLoader, recipe: ViewRec
     saved = {"method": {k: v.clone() for k, v in method.state_dict().items()},
              "optimizer": copy.deepcopy(optimizer.state_dict()), "aug": aug_gen.get_state(), "rng": ckpt.rng_state(),
              "epoch": loader.epoch, "failed": set(loader.failed), "training": method.training}
-    steps_per_epoch = len(loader) // cfg.accumulate
-    n = min(PROBE_STEPS, steps_per_epoch)
-    warm = 2 if n >= 5 else (1 if n >= 2 else 0)
+    batches_per_epoch = len(loader) // cfg.accumulate * cfg.accumulate
+    n, warm = PROBE_STEPS, 2
+
+    def epochs_of_batches():
+        for epoch in itertools.count():
+            loader.set_epoch(epoch)
+            yield from itertools.islice(loader.iter_from(0), batches_per_epoch)
+
     batches = None
     try:
         ctx = context()
@@ -150,7 +155,7 @@ def probe(method: Method, model: nn.Module, loader: BatchLoader, recipe: ViewRec
         hook_s = time.perf_counter() - t
         method.train()
         optimizer.zero_grad(set_to_none=True)
-        batches = loader.iter_from(0)
+        batches = epochs_of_batches()
         t = time.perf_counter()
         for i in range(n):
             if i == warm:
@@ -176,7 +181,7 @@ def probe(method: Method, model: nn.Module, loader: BatchLoader, recipe: ViewRec
             ctx.step += 1
             method.on_step_end(ctx)
         sync()
-        step_s = (time.perf_counter() - t) / max(1, n - warm)
+        step_s = (time.perf_counter() - t) / (n - warm)
         checkpoint_s = 0.0
         if save_to is not None:
             t = time.perf_counter()
