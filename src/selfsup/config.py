@@ -75,6 +75,7 @@ class TrainConfig:
     knn_every: int = 0  # epochs between online kNN checks (0: only before and after training)
     collapse_every: int = 100  # steps between collapse checks of returned "embeddings" (0: never)
     max_steps: int | None = None  # stop after this many optimizer steps (benchmarks, smoke tests)
+    budget_minutes: float | None = None  # a wall-clock budget: replaces epochs (see selfsup.train.budget)
     compile: bool = False
 
 
@@ -116,7 +117,7 @@ POSITIVE = {("train", "epochs"), ("train", "batch_size"), ("train", "lr"), ("vie
             ("train", "checkpoint_every"), ("train", "log_every"), ("eval", "knn_k"), ("eval", "knn_temperature"),
             ("eval", "batch_size"), ("data", "image_size"), ("data", "subset"), ("train", "max_steps"),
             ("train", "keep_checkpoints"), ("train", "accumulate"), ("train", "checkpoint_every_steps"),
-            ("data", "max_pixels"), ("views", "base_size")}
+            ("data", "max_pixels"), ("views", "base_size"), ("train", "budget_minutes")}
 NON_NEGATIVE = {("train", "weight_decay"), ("train", "momentum"), ("train", "warmup_epochs"), ("train", "min_lr"),
                 ("train", "knn_every"), ("data", "num_workers"), ("train", "grad_clip"), ("train", "collapse_every")}
 

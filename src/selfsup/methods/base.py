@@ -78,3 +78,13 @@ class Method(nn.Module):
 
     def on_step_end(self, ctx: Context) -> None:
         """Called after each optimizer step (EMA/momentum updates, queue pushes)."""
+
+    # For train.budget_minutes: the trainer's probe times one on_epoch_start call at this epoch
+    # (step 0) as the cost of the hooks' costly work, and plans it hook_runs(...) times.
+    hook_probe_epoch: int = 0
+
+    def hook_runs(self, epochs: int, total_steps: int, steps_per_epoch: int) -> int:
+        """How many times a run of ``total_steps`` optimizer steps over ``epochs`` epochs does the
+        hooks' costly work (an E-step, a relabelling, a bank refresh): once per epoch unless a method
+        says otherwise (every N epochs, after warm-up epochs, at scheduled steps, once)."""
+        return epochs

@@ -81,6 +81,9 @@ class InstDisc(Method):
     def embed(self, x: Tensor) -> Tensor:
         return F.normalize(self.embedding(self.backbone(x)), dim=1)
 
+    def hook_runs(self, epochs: int, total_steps: int, steps_per_epoch: int) -> int:
+        return int(bool(self.bank_pending))  # bank_init="features" fills the bank once
+
     @torch.no_grad()
     def on_epoch_start(self, ctx: Context) -> None:
         if not bool(self.bank_pending):

@@ -105,6 +105,13 @@ class PCL(Method):
         return dataset_outputs(ctx, self._momentum_embed, [self.momentum_backbone, self.momentum_projector],
                                self.assignments.shape[1], "PCL")
 
+    @property
+    def hook_probe_epoch(self) -> int:
+        return self.warmup_epochs  # the first epoch whose hook clusters
+
+    def hook_runs(self, epochs: int, total_steps: int, steps_per_epoch: int) -> int:
+        return max(0, epochs - self.warmup_epochs)
+
     @torch.no_grad()
     def on_epoch_start(self, ctx: Context) -> None:
         if ctx.epoch < self.warmup_epochs:

@@ -89,6 +89,9 @@ class SeLa(Method):
             # Several scheduled points may fall on one step of a short run: one update serves them all.
             self.label_updates_done.fill_(sum(s <= ctx.step for s in schedule))
 
+    def hook_runs(self, epochs: int, total_steps: int, steps_per_epoch: int) -> int:
+        return len(set(self.update_steps(total_steps)))  # points on one step share an update
+
     def on_epoch_start(self, ctx: Context) -> None:
         self._maybe_update(ctx)
 

@@ -149,6 +149,9 @@ class Transitive(Method):
                                                   self.frame_window, self.positives.shape[1]))
         return groups
 
+    def hook_runs(self, epochs: int, total_steps: int, steps_per_epoch: int) -> int:
+        return len(range(0, epochs, self.rebuild_every))
+
     @torch.no_grad()
     def on_epoch_start(self, ctx: Context) -> None:
         if ctx.epoch % self.rebuild_every:

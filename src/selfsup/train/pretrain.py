@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +186,7 @@ class PretrainResult:
 def pretrain(cfg: Config | None, resume_dir: str | Path | None = None, force: bool = False, progress: bool = True,
              profile: bool = False) -> PretrainResult:
     """Train the configured method; write config.yaml, metrics.jsonl and checkpoints into the run."""
+    started_at = time.perf_counter()  # train.budget_minutes counts loading the data and the model too
     launch.init_from_env()
     resume_state: dict[str, Any] | None = None
     if resume_dir is not None:
@@ -237,7 +239,8 @@ def pretrain(cfg: Config | None, resume_dir: str | Path | None = None, force: bo
             return eval_batches(train_set, cfg.views.mean, cfg.views.std, cfg.views.size, cfg.eval.batch_size, device)
     try:
         result = fit(method, loader, recipe, cfg.train, run_dir, monitor=monitor, resume=resume_state,
-                     eval_batches=batches, progress=progress, config_dict=cfg.to_dict(), profile=profile)
+                     eval_batches=batches, progress=progress, config_dict=cfg.to_dict(), profile=profile,
+                     started_at=started_at)
     finally:
         write_data_report(run_dir, train_set, loader)
     return PretrainResult(run_dir, method, result, dist.rank())

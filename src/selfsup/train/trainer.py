@@ -14,10 +14,17 @@ and resumed gives the same losses and weights, bit for bit on CPU in determinist
 Hook contract: ``on_epoch_start`` runs only when an epoch starts from its first batch. A run
 resumed in the middle of an epoch does not call it again: the hook's results (cluster labels,
 refreshed banks) must be buffers, so they come back with the checkpoint.
+
+A wall-clock budget (``train.budget_minutes``) replaces ``train.epochs``: before its first step
+the run probes what a step, an epoch hook, a kNN monitor and a checkpoint cost (:func:`probe`,
+which then rewinds everything it touched), plans the optimizer steps that fit
+(:func:`selfsup.train.budget.plan_steps`) and lays every schedule on them. The plan is saved in
+every checkpoint (``loop["plan"]``): a resumed run reuses it and probes nothing.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -37,13 +44,14 @@ from selfsup.data.loader import BatchLoader
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import Preempted, SelfSupError
 from selfsup.methods.base import Context, Method
+from selfsup.train import budget
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.guards import MAX_BAD_STEPS, CollapseMonitor, DivergenceGuard, grads_finite
 from selfsup.train.optim import build_optimizer, cosine_schedule, scaled_lr
 from selfsup.train.precision import resolve_precision
 from selfsup.train.signals import PreemptionHandler
 
-__all__ = ["MAX_BAD_STEPS", "FitResult", "MetricsLog", "fit"]
+__all__ = ["MAX_BAD_STEPS", "FitResult", "MetricsLog", "fit", "probe"]
 
 
 class MetricsLog:
@@ -90,6 +98,9 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # per-epoch records
     timing: dict[str, float] = field(default_factory=dict)  # seconds in data / augmentation / compute
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    minutes: float = 0.0  # wall-clock minutes of the run (all its resumed parts), data loading included
+    budget_minutes: float | None = None  # train.budget_minutes of a budgeted run
+    planned_steps: int | None = None  # the optimizer steps a budgeted run planned
 
 
 def step_scalars(out: dict[str, Any]) -> dict[str, float]:
@@ -103,11 +114,113 @@ def step_scalars(out: dict[str, Any]) -> dict[str, float]:
     return dict(zip(names, dist.all_reduce_mean(values).tolist()))
 
 
+PROBE_STEPS = 20  # optimizer steps a budgeted run times before planning (the first 2 untimed)
+PROBE_TOTAL_STEPS = 10**9  # the probe's Context.total_steps: far away, so no step-scheduled work falls in it
+
+
+def probe(method: Method, model: nn.Module, loader: BatchLoader, recipe: ViewRecipe, optimizer: torch.optim.Optimizer,
+          aug_gen: torch.Generator, cfg: TrainConfig, context: Callable[[], Context], *,
+          save_to: Callable[[], Any] | None, monitor_s: float, started_at: float,
+          autocast: dict[str, Any], sync: Callable[[], None]) -> budget.Costs:
+    """Measure what a budgeted run's parts cost, then rewind everything the measuring touched.
+
+    Times one ``on_epoch_start`` call (with ``context()``, at the method's ``hook_probe_epoch``),
+    :data:`PROBE_STEPS` optimizer steps at lr 0 from the start of the data order (over several
+    epochs if one is shorter, epoch turns included; the first two are warm-up and not timed) and
+    one checkpoint save (``save_to()``, which writes one to a scratch path and deletes it).
+    ``monitor_s`` (the epoch-0 kNN monitor, timed by the caller) and the time since ``started_at``
+    are taken as they are. Then the method's whole state, the optimizer, the augmentation
+    generator, every RNG and the loader's position are put back as they were, so that the run
+    starts exactly as an unbudgeted one would. These are this process's costs: see
+    :func:`mean_over_ranks`.
+    """
+    sync()
+    saved = {"method": {k: v.clone() for k, v in method.state_dict().items()},
+             "optimizer": copy.deepcopy(optimizer.state_dict()), "aug": aug_gen.get_state(), "rng": ckpt.rng_state(),
+             "epoch": loader.epoch, "failed": set(loader.failed), "training": method.training}
+    batches_per_epoch = len(loader) // cfg.accumulate * cfg.accumulate
+    n, warm = PROBE_STEPS, 2
+
+    def epochs_of_batches():
+        for epoch in itertools.count():
+            loader.set_epoch(epoch)
+            yield from itertools.islice(loader.iter_from(0), batches_per_epoch)
+
+    batches = None
+    try:
+        ctx = context()
+        loader.set_epoch(0)
+        t = time.perf_counter()
+        method.on_epoch_start(ctx)
+        sync()
+        hook_s = time.perf_counter() - t
+        method.train()
+        optimizer.zero_grad(set_to_none=True)
+        batches = epochs_of_batches()
+        t = time.perf_counter()
+        for i in range(n):
+            if i == warm:
+                sync()
+                t = time.perf_counter()
+            for g in optimizer.param_groups:
+                g["lr"] = 0.0
+            for micro in range(cfg.accumulate):
+                images, _labels, index = next(batches)
+                views = recipe(images, aug_gen, index)
+                last = micro + 1 == cfg.accumulate
+                sync_ctx = model.no_sync() if (not last and hasattr(model, "no_sync")) else nullcontext()
+                with sync_ctx, torch.autocast(**autocast):
+                    out = model(views, index)
+                step_scalars(out)
+                with sync_ctx:
+                    (out["loss"] / cfg.accumulate).backward()
+            if grads_finite(method.parameters()):
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ctx.step += 1
+            method.on_step_end(ctx)
+        sync()
+        step_s = (time.perf_counter() - t) / (n - warm)
+        checkpoint_s = 0.0
+        if save_to is not None:
+            t = time.perf_counter()
+            save_to()
+            checkpoint_s = time.perf_counter() - t
+    finally:
+        if batches is not None:
+            batches.close()
+        method.load_state_dict(saved["method"])
+        optimizer.load_state_dict(saved["optimizer"])
+        optimizer.zero_grad(set_to_none=True)
+        aug_gen.set_state(saved["aug"])
+        ckpt.set_rng_state(saved["rng"])
+        loader.set_epoch(saved["epoch"])
+        loader.failed = saved["failed"]
+        method.train(saved["training"])
+    return budget.Costs(step_s=step_s, epoch_hook_s=hook_s, monitor_s=monitor_s, checkpoint_s=checkpoint_s,
+                        fixed_s=time.perf_counter() - started_at)
+
+
+def mean_over_ranks(costs: budget.Costs, device: torch.device) -> budget.Costs:
+    """The ranks' mean costs, so that every rank plans the same steps; a checkpoint costs what it
+    costs rank 0, the only one that saves (the others wait for it). Identity on one process."""
+    if not dist.is_distributed():
+        return costs
+    values = [costs.step_s, costs.epoch_hook_s, costs.monitor_s, costs.checkpoint_s, costs.fixed_s]
+    total = dist.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+    mean = [v / dist.world_size() for v in total]
+    return budget.Costs(step_s=mean[0], epoch_hook_s=mean[1], monitor_s=mean[2], checkpoint_s=total[3],
+                        fixed_s=mean[4])
+
+
 def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfig, run_dir: str | Path | None = None,
         *, monitor: Callable[[nn.Module], dict[str, float]] | None = None, resume: dict[str, Any] | None = None,
         eval_batches: Callable | None = None, progress: bool = True, config_dict: dict | None = None,
-        profile: bool = False, handle_signals: bool = True) -> FitResult:
-    """Train ``method`` for ``cfg.epochs`` epochs over ``loader``; return what happened.
+        profile: bool = False, handle_signals: bool = True, started_at: float | None = None) -> FitResult:
+    """Train ``method`` for ``cfg.epochs`` epochs over ``loader`` (or, with ``cfg.budget_minutes``,
+    for the steps that fit the budget); return what happened.
 
     ``monitor(backbone)`` (e.g. online kNN) runs before training, every ``cfg.knn_every`` epochs
     and at the end; the state with the best ``top1`` is kept as ``checkpoints/best.pt``. ``resume``
@@ -115,20 +228,21 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
     device around each phase so the data/augmentation/compute split is exact on GPUs (it costs a
     little throughput). With ``handle_signals`` (main thread only), SIGTERM/SIGINT save a
     checkpoint at the next step boundary and raise :class:`selfsup.errors.Preempted`.
+    ``started_at`` (a ``time.perf_counter()`` value, default: now) is when the run began: a
+    budget counts the time spent before ``fit`` too.
     """
+    started_at = time.perf_counter() if started_at is None else started_at
     device = loader.device
     run_dir = Path(run_dir) if run_dir is not None else None
     if len(loader) < cfg.accumulate:
         raise SelfSupError(f"train.accumulate={cfg.accumulate} exceeds the {len(loader)} batches of an epoch")
     steps_per_epoch = len(loader) // cfg.accumulate  # optimizer steps; a last partial accumulation is dropped
     batches_per_epoch = steps_per_epoch * cfg.accumulate
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    # The run's length; a budgeted run sets it once it has measured itself (below).
+    epochs, run_steps = cfg.epochs, steps_per_epoch * cfg.epochs
+    total_steps = run_steps if cfg.max_steps is None else min(run_steps, cfg.max_steps)
     global_batch = loader.batch_size * loader.world_size * cfg.accumulate
     peak = scaled_lr(cfg.lr, global_batch, cfg.lr_scaling)
-    lr_schedule = cosine_schedule(peak, steps_per_epoch * cfg.epochs, round(cfg.warmup_epochs * steps_per_epoch),
-                                  final=cfg.min_lr * peak)
     optimizer = build_optimizer(cfg.optimizer, method, peak, cfg.weight_decay, cfg.momentum)
     model: nn.Module = method
     if dist.is_distributed():
@@ -150,6 +264,11 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
     counts: dict[str, int] = dict(loop.get("epoch_counts", {}))
     count: int = loop.get("epoch_count", 0)
     best: float | None = loop.get("best_knn_top1")  # best online kNN top-1 so far
+    plan: dict[str, Any] | None = loop.get("plan")  # a budgeted run's plan, fixed before its first step
+    elapsed_before = loop.get("elapsed_s", 0.0)  # seconds the run's earlier parts took (before a resume)
+    if cfg.budget_minutes is not None and resume is not None and plan is None:
+        raise SelfSupError("train.budget_minutes is set but the checkpoint holds no budget plan (it was saved by "
+                           "a run without a budget); resume it without train.budget_minutes")
     keep_lines = loop.get("metrics_lines")
     log = MetricsLog(run_dir / "metrics.jsonl" if run_dir else None, step if resume else None, keep_lines)
     history: list[dict[str, Any]] = []
@@ -165,21 +284,39 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
 
     def context(epoch: int) -> Context:
         return Context(epoch=epoch, step=step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                       epochs=cfg.epochs, device=device, eval_batches=eval_batches, dataset_size=len(loader.dataset),
+                       epochs=epochs, device=device, eval_batches=eval_batches, dataset_size=len(loader.dataset),
                        optimizer=optimizer)
 
-    def save(epochs_done: int, path: Path | None = None) -> Path | None:
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - started_at
+
+    def save(epochs_done: int, path: Path | None = None, prune: bool = True) -> Path | None:
         if run_dir is None or not dist.is_main():
             return None
         loop = {"guard": guard.state_dict(), "epoch_sums": dict(sums), "epoch_counts": dict(counts),
-                "epoch_count": count, "best_knn_top1": best, "metrics_lines": log.lines}
+                "epoch_count": count, "best_knn_top1": best, "metrics_lines": log.lines, "elapsed_s": elapsed()}
+        if plan is not None:
+            loop["plan"] = plan
         state = ckpt.training_state(method, optimizer, aug_gen, epoch=epochs_done, step=step, batch_in_epoch=batch,
                                     loop=loop, dataset_size=len(loader.dataset), config=config_dict or {})
         path = path or ckpt.checkpoint_path(run_dir, epochs_done, step if batch else None)
         ckpt.atomic_save(state, path)
-        if path.name != ckpt.best_path(run_dir).name:
+        if prune and path.name != ckpt.best_path(run_dir).name:
             ckpt.prune(run_dir, cfg.keep_checkpoints)
         return path
+
+    def scratch_save() -> None:  # the probe times one checkpoint save
+        path = run_dir / "checkpoints" / ".budget-probe.pt"
+        try:
+            save(0, path, prune=False)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def probe_context() -> Context:
+        e = method.hook_probe_epoch
+        return Context(epoch=e, step=0, total_steps=PROBE_TOTAL_STEPS, steps_per_epoch=steps_per_epoch,
+                       epochs=max(cfg.epochs, e + 1), device=device, eval_batches=eval_batches,
+                       dataset_size=len(loader.dataset), optimizer=optimizer)
 
     def stop_requested() -> bool:
         flag = preempt.requested is not None
@@ -206,12 +343,46 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                 print(f"epoch {epoch}: kNN top-1 {out.get('knn_top1', float('nan')):.2f}%", flush=True)
         return out
 
+    monitor_s = 0.0
     if resume is None:
+        t = time.perf_counter()
         run_monitor(0)
+        monitor_s = time.perf_counter() - t if monitor is not None else 0.0
     method.train()
+    if cfg.budget_minutes is not None and plan is None:
+        costs = probe(method, model, loader, recipe, optimizer, aug_gen, cfg, probe_context,
+                      save_to=scratch_save if run_dir is not None and dist.is_main() else None,
+                      monitor_s=monitor_s, started_at=started_at, autocast=autocast, sync=sync)
+        costs = mean_over_ranks(costs, device)
+        planned, planned_epochs = budget.plan_steps(
+            cfg.budget_minutes, costs, steps_per_epoch, knn_every=cfg.knn_every if monitor is not None else 0,
+            checkpoint_every=cfg.checkpoint_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
+            hook_runs=lambda e, n: method.hook_runs(e, n, steps_per_epoch))
+        plan = {"budget_minutes": cfg.budget_minutes, "total_steps": planned, "epochs": planned_epochs,
+                "steps_per_epoch": steps_per_epoch, "step_seconds": costs.step_s, "costs": costs.to_dict(),
+                "warmup_steps": budget.warmup_steps(cfg.warmup_epochs, steps_per_epoch, planned)}
+        log.write({"type": "plan", "step": step, **plan})
+        if show:
+            last = planned - (planned_epochs - 1) * steps_per_epoch
+            part = f", the last one {last} of {steps_per_epoch} steps" if last < steps_per_epoch else ""
+            print(f"budget {cfg.budget_minutes:g} min: {planned} steps = {planned_epochs} epochs{part} at "
+                  f"{costs.step_s:.3g} s/step (epoch hook {costs.epoch_hook_s:.3g} s, kNN monitor "
+                  f"{costs.monitor_s:.3g} s, checkpoint {costs.checkpoint_s:.3g} s, {costs.fixed_s:.3g} s spent "
+                  "before training)", flush=True)
+    if plan is not None:
+        if plan.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+            raise SelfSupError(f"the budget plan was made for {plan['steps_per_epoch']} steps per epoch, this run "
+                               f"has {steps_per_epoch}; resume with the data and batch size it was planned for")
+        epochs, run_steps = plan["epochs"], plan["total_steps"]
+        total_steps = run_steps if cfg.max_steps is None else min(run_steps, cfg.max_steps)
+        warmup = plan["warmup_steps"]
+    else:
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    # One value per planned step: the last planned step takes the schedule's last (its floor).
+    lr_schedule = cosine_schedule(peak, run_steps, warmup, final=cfg.min_lr * peak)
     epoch = start_epoch
     with preempt:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, epochs):
             if step >= total_steps:
                 break
             loader.set_epoch(epoch)
@@ -221,7 +392,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
             optimizer.zero_grad(set_to_none=True)
             from tqdm import tqdm
 
-            bar = tqdm(total=batches_per_epoch, initial=batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            bar = tqdm(total=batches_per_epoch, initial=batch, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not show, dynamic_ncols=True, leave=False)
             micro = 0
             t_epoch, images_seen = time.perf_counter(), 0
@@ -303,19 +474,22 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                 record["unreadable_images"] = len(loader.failed)
             if count and not math.isfinite(record.get("loss", 0.0)):
                 raise SelfSupError(f"epoch {epoch + 1}: mean loss is not finite")
-            finished = epoch + 1 == cfg.epochs or step >= total_steps
+            finished = epoch + 1 == epochs or step >= total_steps
             improved = False
             if monitor is not None and (finished or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):
                 record.update(run_monitor(epoch + 1))
                 top1 = record.get("knn_top1")
                 improved = top1 is not None and (best is None or top1 > best)
                 best = top1 if improved else best
+            if finished and plan is not None:
+                record.update(budget_minutes=plan["budget_minutes"], planned_steps=plan["total_steps"],
+                              epochs=plan["epochs"], minutes=round(elapsed() / 60, 3))
             history.append(record)
             log.write({"type": "epoch", **record})
             if show:
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                                   if k not in ("epoch", "step") and not (k == "skipped_steps" and v == 0))
-                print(f"epoch {epoch + 1}/{cfg.epochs}: {shown}", flush=True)
+                print(f"epoch {epoch + 1}/{epochs}: {shown}", flush=True)
             batch, sums, counts, count = 0, {}, {}, 0
             halt = stop_requested() and not finished
             every = cfg.checkpoint_every_steps
@@ -327,4 +501,6 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
             if halt:
                 raise stop(epoch, path)
             method.train()
-    return FitResult(steps=step, epochs=epoch + 1, history=history, timing=timing, skipped_steps=guard.total)
+    return FitResult(steps=step, epochs=epoch + 1, history=history, timing=timing, skipped_steps=guard.total,
+                     minutes=elapsed() / 60, budget_minutes=plan["budget_minutes"] if plan else None,
+                     planned_steps=plan["total_steps"] if plan else None)

@@ -1,0 +1,182 @@
+"""train.budget_minutes: the plan's arithmetic, a budgeted run's length and schedules, exact resume
+with the stored plan, and a probe that leaves no trace.
+
+Real timings would make these tests flaky, so the runs keep the trainer's real probe (it trains
+and rewinds) but hand the planner fixed costs: a step costs 1 s and nothing else costs anything,
+so a budget of (n + 0.5) / (60 x SAFETY) minutes plans exactly n steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+from resume_util import BASE, _records
+
+from selfsup.config import load_config
+from selfsup.errors import Preempted, SelfSupError
+from selfsup.methods import METHODS
+from selfsup.train import budget, trainer
+from selfsup.train import checkpoint as ckpt
+from selfsup.train.budget import SAFETY, Costs, plan_steps, run_seconds
+from selfsup.train.optim import cosine_schedule, scaled_lr
+from selfsup.train.pretrain import pretrain
+
+# 192 digits in batches of 64: 3 optimizer steps per epoch.
+BYOL = ["method.name=byol", "method.hidden_dim=64", "method.projection_dim=32"]  # an EMA over ctx.total_steps
+STEP_ONLY = Costs(step_s=1.0)
+
+
+def budget_for(steps: int) -> float:
+    """The budget that plans exactly ``steps`` steps at 1 s a step and no other cost."""
+    return (steps + 0.5) / (60 * SAFETY)
+
+
+def fixed_probe(monkeypatch, costs: Costs) -> list[Costs]:
+    """Let the trainer's probe run (it trains and rewinds) but report ``costs``; returns the list
+    of what the real probe measured, one entry per call."""
+    real, calls = trainer.probe, []
+
+    def probe(*args, **kwargs):
+        calls.append(real(*args, **kwargs))
+        return costs
+
+    monkeypatch.setattr(trainer, "probe", probe)
+    return calls
+
+
+def test_plan_counts_steps_hooks_monitors_and_checkpoints():
+    # 1 s a step, 2 s an epoch hook, 3 s the final kNN monitor, 1 s a save (the final one and
+    # best.pt after the final monitor), 10 epochs between saves: n + 2 E + 3 + 2 <= 58.2 s.
+    costs = Costs(step_s=1.0, epoch_hook_s=2.0, monitor_s=3.0, checkpoint_s=1.0)
+    assert plan_steps(1.0, costs, 10, knn_every=0, checkpoint_every=10) == (43, 5)  # 43 + 10 + 5 = 58
+    assert run_seconds(44, costs, 10, 0, 10) > 60 * SAFETY
+    # Every 2nd epoch a monitor and its best.pt save, every 2nd a save, every 4 steps a save.
+    many = run_seconds(40, costs, 10, knn_every=2, checkpoint_every=2, checkpoint_every_steps=4)
+    assert many == 40 + 4 * 2 + (1 + 1) * 3 + (1 + 1 + 10 + 2) * 1
+    # What a method says about its hooks replaces once per epoch; time already spent counts.
+    once = plan_steps(1.0, Costs(step_s=1.0, epoch_hook_s=5.0, fixed_s=8.0), 10, hook_runs=lambda e, n: 1)
+    assert once == (45, 5)  # 8 + 45 + 5 = 58
+    steps, epochs = plan_steps(30, Costs(step_s=0.05, epoch_hook_s=1.5, monitor_s=4, checkpoint_s=0.3, fixed_s=20),
+                               22, knn_every=10, checkpoint_every=10)
+    assert epochs == math.ceil(steps / 22)
+    assert run_seconds(steps, costs := Costs(0.05, 1.5, 4, 0.3, 20), 22, 10, 10) <= 30 * 60 * SAFETY
+    assert run_seconds(steps + 1, costs, 22, 10, 10) > 30 * 60 * SAFETY
+
+
+def test_a_budget_shorter_than_one_epoch_is_a_clear_error(tmp_path):
+    with pytest.raises(SelfSupError) as e:
+        plan_steps(0.1, Costs(step_s=1.0, fixed_s=1.0), 22)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("train.budget_minutes=0.1 fits about 4 optimizer steps (measured 1 s/step")
+    assert "less than one epoch of 22 steps; set train.budget_minutes >= 0.4 or use train.epochs" in msg
+    with pytest.raises(SelfSupError, match="train.budget_minutes must be positive"):
+        load_config(None, ["train.budget_minutes=0"])
+    # A real run: loading the data alone takes longer than a budget of 60 ms.
+    cfg = load_config(None, BASE + ["method.name=simclr", "train.budget_minutes=0.001", f"run.dir={tmp_path}"])
+    with pytest.raises(SelfSupError, match=r"fits about 0 optimizer steps .* less than one epoch of 3 steps"):
+        pretrain(cfg, progress=False)
+
+
+def test_a_budgeted_run_plans_its_steps_saves_the_plan_and_lays_the_schedules_on_it(tmp_path, monkeypatch):
+    measured = fixed_probe(monkeypatch, STEP_ONLY)
+    # A recipe's 10 warm-up epochs would fill this run: they are capped at a tenth of it.
+    args = BASE + BYOL + [f"train.budget_minutes={budget_for(20)}", "train.warmup_epochs=10", f"run.dir={tmp_path}"]
+    run = pretrain(load_config(None, args), progress=False)
+    assert len(measured) == 1 and measured[0].step_s > 0 and measured[0].checkpoint_s > 0
+    assert run.fit.steps == run.fit.planned_steps == 20 and run.fit.epochs == 7  # 6 x 3 steps + 2
+    assert run.fit.budget_minutes == pytest.approx(budget_for(20)) and run.fit.minutes > 0
+    state, _ = ckpt.load_latest(run.run_dir)
+    plan = state["loop"]["plan"]
+    assert (plan["total_steps"], plan["epochs"], plan["warmup_steps"]) == (20, 7, 2) and state["step"] == 20
+    records = [json.loads(x) for x in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in records if r.get("type") == "plan"] == [{"type": "plan", "step": 0, **plan}]
+    last = [r for r in records if r.get("type") == "epoch"][-1]
+    assert (last["budget_minutes"], last["planned_steps"], last["epochs"], last["step"]) == (plan["budget_minutes"],
+                                                                                           20, 7, 20)
+    assert "minutes" in last
+    lrs = [r["lr"] for r in records if "lr" in r]
+    peak = scaled_lr(load_config(None, args).train.lr, 64, "linear")
+    assert lrs == pytest.approx(cosine_schedule(peak, 20, 2)) and lrs[-1] == min(lrs)  # ends on the last step
+
+
+def test_a_budgeted_run_resumes_exactly_with_its_stored_plan(tmp_path, monkeypatch):
+    fixed_probe(monkeypatch, STEP_ONLY)
+    args = BASE + BYOL + [f"train.budget_minutes={budget_for(5)}", f"run.dir={tmp_path}"]  # 2 epochs, last partial
+    full = pretrain(load_config(None, args + ["run.name=full"]), progress=False)
+    assert full.fit.steps == 5
+
+    class Stopping(METHODS["byol"]):  # SIGTERM after step 4, inside the partial last epoch (not in the probe)
+        def on_step_end(self, ctx):
+            super().on_step_end(ctx)
+            if ctx.step == 4 and ctx.total_steps < trainer.PROBE_TOTAL_STEPS:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as mp:
+        mp.setitem(METHODS, "byol", Stopping)
+        with pytest.raises(Preempted):
+            pretrain(load_config(None, args + ["run.name=part"]), progress=False)
+    # Measured again, the costs would plan another length (here 11 steps): the stored plan is used.
+    again = fixed_probe(monkeypatch, Costs(step_s=0.5))
+    assert budget.plan_steps(budget_for(5), Costs(step_s=0.5), 3)[0] == 11
+    resumed = pretrain(None, resume_dir=tmp_path / "part", progress=False)
+    assert again == [] and resumed.fit.steps == resumed.fit.planned_steps == 5
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+    def untimed(run_dir):
+        return [{k: v for k, v in r.items() if k != "minutes"} for r in _records(run_dir)]
+
+    assert untimed(full.run_dir) == untimed(resumed.run_dir)
+
+
+# MoCo v1: a queue and shuffle-BN drawn from torch's global RNG; DeepCluster: an epoch hook that
+# clusters, re-draws the classifier and drops its optimizer state.
+@pytest.mark.parametrize("method", ["moco_v1", "deepcluster"])
+def test_the_probe_leaves_no_trace(method, tmp_path, monkeypatch):
+    overrides = {"moco_v1": ["method.name=moco_v1", "method.queue_size=128"],
+                 "deepcluster": ["method.name=deepcluster", "method.num_clusters=5", "method.pca_dim=8"]}
+    args = BASE + overrides[method] + [f"run.dir={tmp_path}", "train.epochs=2"]
+    plain = pretrain(load_config(None, args + ["run.name=plain"]), progress=False)
+    measured = fixed_probe(monkeypatch, STEP_ONLY)
+    budgeted = pretrain(load_config(None, args + ["run.name=budget", f"train.budget_minutes={budget_for(6)}"]),
+                        progress=False)
+    assert len(measured) == 1 and plain.fit.steps == budgeted.fit.planned_steps == budgeted.fit.steps == 6
+    a, b = plain.method.state_dict(), budgeted.method.state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    extra = ("budget_minutes", "planned_steps", "epochs", "minutes")
+    ra = _records(plain.run_dir)
+    rb = [{k: v for k, v in r.items() if k not in extra} for r in _records(budgeted.run_dir) if r.get("type") != "plan"]
+    assert ra == rb
+
+
+def _budgeted_rank(rank: int, world: int, run_dir: str) -> tuple[int, dict]:
+    # Each rank measures its own costs (rank 0 also saves); the planner must see the ranks' mean.
+    real = trainer.probe
+
+    def probe(*args, **kwargs):
+        real(*args, **kwargs)
+        return Costs(step_s=1.0, checkpoint_s=2.0) if rank == 0 else Costs(step_s=0.5)
+
+    trainer.probe = probe
+    args = BASE + ["method.name=simclr", "method.hidden_dim=64", "method.projection_dim=32", "train.batch_size=32",
+                   "train.budget_minutes=0.2", f"run.dir={run_dir}", "run.name=r"]
+    result = pretrain(load_config(None, args), progress=False)
+    return result.fit.steps, ckpt.load_latest(result.run_dir)[0]["loop"]["plan"] if rank == 0 else {}
+
+
+def test_distributed_ranks_plan_the_same_steps_from_their_mean_costs(tmp_path):
+    from distributed import run_distributed
+
+    expected = plan_steps(0.2, Costs(step_s=0.75, checkpoint_s=2.0), 3, checkpoint_every=1)
+    # Rank 0's costs alone, rank 1's alone, or the checkpoint averaged too would plan otherwise.
+    others = [plan_steps(0.2, c, 3, checkpoint_every=1) for c in
+              (Costs(step_s=1.0, checkpoint_s=2.0), Costs(step_s=0.5), Costs(step_s=0.75, checkpoint_s=1.0))]
+    assert expected == (6, 2) and expected not in others
+    (steps0, plan), (steps1, _) = run_distributed(_budgeted_rank, 2, str(tmp_path))
+    assert steps0 == steps1 == plan["total_steps"] == 6 and plan["costs"]["step_s"] == 0.75
