@@ -30,6 +30,11 @@ _ISA_ORDER = ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
               "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
               "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "ALL", "DEFAULT"]
 _NATIVE_BF16_FROM = _ISA_ORDER.index("AVX512_CORE_BF16")
+# Off for now: on the 2-core AVX-512 BF16 machine, full test-suite runs at CPU bf16 defaults crashed
+# natively twice in four (an abort inside a bf16 SwAV step, a segfault at exit), besides the NaN
+# weight gradients of models/resnet.py's 1x1 case. Until that is isolated, ``auto`` keeps fp32 on
+# CPUs and says so; ``train.precision=bf16`` opts in (2.33x the fp32 step there, BENCHMARKS.md).
+CPU_BF16_AUTO = False
 
 
 def cpu_bf16_flags(cpuinfo: str) -> set[str]:
@@ -67,6 +72,8 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
         return ("bf16", "GPU with bf16") if ok else ("fp32", "GPU without bf16")
     if device.type == "cpu":
         native, why = cpu_native_bf16()
+        if native and not CPU_BF16_AUTO:
+            return "fp32", f"{why}; bf16 on CPU is opt-in for now (train.precision=bf16)"
         return ("bf16" if native else "fp32"), why
     return "fp32", f"{device.type} device"
 
