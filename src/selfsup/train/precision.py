@@ -86,7 +86,9 @@ def resolve_fast_defaults(cfg, device: torch.device) -> str | None:
         cfg.train.precision, why = resolve_precision("auto", device)
         parts.append(f"precision {cfg.train.precision} (auto: {why})")
     if cfg.model.channels_last is None:
-        cfg.model.channels_last = device.type in ("cpu", "cuda")
+        # Off on CPUs for now: a channels_last backward segfaults in PyTorch 2.13's CPU kernels
+        # (SwAV, 96 px views with 48 px local crops, tests/test_view_size.py; fp32 and bf16 alike).
+        cfg.model.channels_last = device.type == "cuda"
         parts.append(f"channels_last memory layout {'on' if cfg.model.channels_last else 'off'} (auto)")
     if not parts:
         return None
