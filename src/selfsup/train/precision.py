@@ -4,16 +4,17 @@
 natively, and in fp32 elsewhere:
 
 - CUDA: bf16 when ``torch.cuda.is_bf16_supported()`` (Ampere and newer).
-- CPU: bf16 when the CPU has AMX (``amx_bf16``) or AVX-512 BF16 (``avx512_bf16``), read from
-  ``/proc/cpuinfo`` at run time, and oneDNN is allowed to use them: ``ONEDNN_MAX_CPU_ISA`` capped
-  below ``AVX512_CORE_BF16`` (e.g. ``AVX2``, ``AVX512_CORE``) leaves only emulated bf16, which is
-  slower than fp32, so ``auto`` then picks fp32. Without a readable cpuinfo: fp32.
+- CPU: the CPU runs bf16 natively when it has AMX (``amx_bf16``) or AVX-512 BF16 (``avx512_bf16``),
+  read from ``/proc/cpuinfo`` at run time, and oneDNN is allowed to use them (``ONEDNN_MAX_CPU_ISA``
+  capped below ``AVX512_CORE_BF16`` leaves only emulated bf16). For now ``auto`` still picks fp32
+  there (``CPU_BF16_AUTO``, below) and says so; ``train.precision=bf16`` opts in.
 
 Measured on a 2-core Xeon with AMX (CIFAR-10, ResNet-18 width 0.25, batch 256): bf16 1.75x the
 fp32 step's images/s, channels_last 1.27x, both 2.16x (see BENCHMARKS.md).
 
-``model.channels_last: null`` (the default) means on for the convolutional backbones on CPU and
-CUDA. Losses stay in fp32 under bf16 (``selfsup.losses.precision``). The resolved values replace
+``model.channels_last: null`` (the default) means on for CUDA and, for now, off on CPUs (see
+:func:`resolve_fast_defaults`). Losses stay in fp32 under bf16 (``selfsup.losses.precision``).
+The resolved values replace
 ``auto``/``null`` in the config, so the run's ``config.yaml`` records what ran and a resumed run
 runs the same way.
 """
