@@ -43,3 +43,30 @@ def test_mlp_layers():
     m = MLP(16, 32, 8, layers=3, last_bn=True)
     assert m(torch.randn(4, 16)).shape == (4, 8)
     assert sum(isinstance(x, torch.nn.Linear) for x in m.modules()) == 3
+
+
+_CL_BACKWARD = """
+import copy, torch
+from selfsup.models import build_backbone
+torch.manual_seed(0)
+net = build_backbone("resnet18", "cifar", 0.125)  # 8 channels into layer2's 1x1 stride-2 shortcut
+ref = copy.deepcopy(net)
+net = net.to(memory_format=torch.channels_last)
+for _ in range(3):
+    x = torch.randn(16, 3, 48, 48)
+    net(x.contiguous(memory_format=torch.channels_last)).square().sum().backward()
+    ref(x).square().sum().backward()
+for (name, a), b in zip(net.named_parameters(), ref.parameters()):
+    assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-4), name
+print("same gradients")
+"""
+
+
+def test_channels_last_backward_of_the_strided_shortcut_runs_and_matches():
+    """PyTorch 2.13's CPU fp32 weight gradient of a 1x1 stride-2 conv on channels_last input with <= 8
+    input channels at >= 48 px segfaults; the shortcut slices first (run in a child so that a crash
+    fails this test instead of killing the suite)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _CL_BACKWARD], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "same gradients" in r.stdout, (r.returncode, r.stderr[-2000:])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from selfsup.errors import SelfSupError
 
@@ -32,6 +33,25 @@ def _strided_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
     return conv(x)
 
 
+class _Shortcut(nn.Sequential):
+    """The projection shortcut, a 1x1 convolution (stride 1 or 2) and BatchNorm (``downsample.0/1``).
+
+    PyTorch 2.13's CPU fp32 kernel for the weight gradient of a 1x1, stride-2 convolution on a
+    channels_last input with few input channels (3 to 8 measured; 16 and more are fine) and maps of
+    48 px or more segfaults: ResNet-18 at width 0.125 on 96 px views with channels_last crashed the
+    process. On CPU channels_last inputs the stride is taken by slicing first, the same arithmetic
+    (a 1x1 kernel with no padding reads exactly the strided pixels), computed by the stride-1 kernel.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv, bn = self[0], self[1]
+        if conv.stride != (1, 1) and x.device.type == "cpu" and not x.is_contiguous() \
+                and x.is_contiguous(memory_format=torch.channels_last):
+            sh, sw = conv.stride
+            return bn(F.conv2d(x[:, :, ::sh, ::sw], conv.weight, conv.bias))
+        return bn(conv(x))
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -44,7 +64,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or cin != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            self.downsample = _Shortcut(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: Tensor) -> Tensor:
         idt = x if self.downsample is None else self.downsample(x)
@@ -67,7 +87,7 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or cin != out:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            self.downsample = _Shortcut(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
 
     def forward(self, x: Tensor) -> Tensor:
         idt = x if self.downsample is None else self.downsample(x)
