@@ -37,8 +37,6 @@ def test_auto_precision_falls_back_to_fp32_where_bf16_is_not_native(monkeypatch)
     monkeypatch.setattr(prec, "cpu_native_bf16", lambda: (False, "CPU without AMX or AVX-512 BF16"))
     assert prec.resolve_precision("auto", cpu) == ("fp32", "CPU without AMX or AVX-512 BF16")
     monkeypatch.setattr(prec, "cpu_native_bf16", lambda: (True, "CPU with AMX"))
-    assert prec.resolve_precision("auto", cpu)[0] == "fp32"  # CPU bf16 is opt-in for now (CPU_BF16_AUTO)
-    monkeypatch.setattr(prec, "CPU_BF16_AUTO", True)
     assert prec.resolve_precision("auto", cpu) == ("bf16", "CPU with AMX")
     assert prec.resolve_precision("fp32", cpu)[0] == "fp32"  # an explicit choice is kept
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -53,7 +51,7 @@ def test_fast_defaults_fill_the_config_and_say_so_once(monkeypatch):
     cfg = load_config("simclr")
     assert cfg.train.precision == "auto" and cfg.model.channels_last is None  # the defaults
     line = prec.resolve_fast_defaults(cfg, torch.device("cpu"))
-    assert (cfg.train.precision, cfg.model.channels_last) == ("fp32", False)  # both off on CPUs for now
+    assert (cfg.train.precision, cfg.model.channels_last) == ("fp32", True)
     assert "precision fp32 (auto: CPU without AMX or AVX-512 BF16)" in line and "channels_last" in line
     assert prec.resolve_fast_defaults(cfg, torch.device("cpu")) is None  # resolved: nothing more to say
     fixed = load_config("simclr", ["train.precision=bf16", "model.channels_last=false"])
@@ -63,14 +61,13 @@ def test_fast_defaults_fill_the_config_and_say_so_once(monkeypatch):
 
 def test_a_run_records_the_resolved_choice_in_its_config(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(prec, "cpu_native_bf16", lambda: (True, "CPU with AMX"))
-    monkeypatch.setattr(prec, "CPU_BF16_AUTO", True)
     cfg = load_config("simclr", ["data.image_size=16", "model.width=0.125", "train.batch_size=32",
                                  "train.max_steps=1", "train.epochs=1", f"run.dir={tmp_path}"])
     result = pretrain(cfg, progress=False)
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    assert saved["train"]["precision"] == "bf16" and saved["model"]["channels_last"] is False
+    assert saved["train"]["precision"] == "bf16" and saved["model"]["channels_last"] is True
     assert capsys.readouterr().out.count("using precision bf16 (auto: CPU with AMX)") == 1
-    assert result.method.backbone.conv1.weight.is_contiguous()
+    assert result.method.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @fp32

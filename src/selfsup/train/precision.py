@@ -6,15 +6,17 @@ natively, and in fp32 elsewhere:
 - CUDA: bf16 when ``torch.cuda.is_bf16_supported()`` (Ampere and newer).
 - CPU: the CPU runs bf16 natively when it has AMX (``amx_bf16``) or AVX-512 BF16 (``avx512_bf16``),
   read from ``/proc/cpuinfo`` at run time, and oneDNN is allowed to use them (``ONEDNN_MAX_CPU_ISA``
-  capped below ``AVX512_CORE_BF16`` leaves only emulated bf16). For now ``auto`` still picks fp32
-  there (``CPU_BF16_AUTO``, below) and says so; ``train.precision=bf16`` opts in.
+  capped below ``AVX512_CORE_BF16`` leaves only emulated bf16).
 
 Measured on a 2-core Xeon with AMX (CIFAR-10, ResNet-18 width 0.25, batch 256): bf16 1.75x the
-fp32 step's images/s, channels_last 1.27x, both 2.16x (see BENCHMARKS.md).
+fp32 step's images/s, channels_last 1.27x, both 2.16x; on a 2-core AMD EPYC with AVX-512 BF16,
+1.95x, 1.35x and 2.15x (see BENCHMARKS.md).
 
-``model.channels_last: null`` (the default) means on for CUDA and, for now, off on CPUs (see
-:func:`resolve_fast_defaults`). Losses stay in fp32 under bf16 (``selfsup.losses.precision``).
-The resolved values replace
+``model.channels_last: null`` (the default) means on for convolutional backbones on every device.
+Two PyTorch 2.13 CPU kernel defects that the fast defaults used to hit are worked around in
+``selfsup.models.resnet`` (NaN bf16 weight gradients of a strided 3x3 conv on 1x1 maps; a segfault
+in the fp32 channels_last weight gradient of the strided 1x1 shortcut with few channels). Losses
+stay in fp32 under bf16 (``selfsup.losses.precision``). The resolved values replace
 ``auto``/``null`` in the config, so the run's ``config.yaml`` records what ran and a resumed run
 runs the same way.
 """
@@ -31,11 +33,6 @@ _ISA_ORDER = ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
               "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
               "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "ALL", "DEFAULT"]
 _NATIVE_BF16_FROM = _ISA_ORDER.index("AVX512_CORE_BF16")
-# Off for now: on the 2-core AVX-512 BF16 machine, full test-suite runs at CPU bf16 defaults crashed
-# natively twice in four (an abort inside a bf16 SwAV step, a segfault at exit), besides the NaN
-# weight gradients of models/resnet.py's 1x1 case. Until that is isolated, ``auto`` keeps fp32 on
-# CPUs and says so; ``train.precision=bf16`` opts in (2.33x the fp32 step there, BENCHMARKS.md).
-CPU_BF16_AUTO = False
 
 
 def cpu_bf16_flags(cpuinfo: str) -> set[str]:
@@ -73,8 +70,6 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
         return ("bf16", "GPU with bf16") if ok else ("fp32", "GPU without bf16")
     if device.type == "cpu":
         native, why = cpu_native_bf16()
-        if native and not CPU_BF16_AUTO:
-            return "fp32", f"{why}; bf16 on CPU is opt-in for now (train.precision=bf16)"
         return ("bf16" if native else "fp32"), why
     return "fp32", f"{device.type} device"
 
@@ -87,9 +82,7 @@ def resolve_fast_defaults(cfg, device: torch.device) -> str | None:
         cfg.train.precision, why = resolve_precision("auto", device)
         parts.append(f"precision {cfg.train.precision} (auto: {why})")
     if cfg.model.channels_last is None:
-        # Off on CPUs for now: a channels_last backward segfaults in PyTorch 2.13's CPU kernels
-        # (SwAV, 96 px views with 48 px local crops, tests/test_view_size.py; fp32 and bf16 alike).
-        cfg.model.channels_last = device.type == "cuda"
+        cfg.model.channels_last = device.type in ("cuda", "cpu")
         parts.append(f"channels_last memory layout {'on' if cfg.model.channels_last else 'off'} (auto)")
     if not parts:
         return None
