@@ -180,3 +180,42 @@ def test_distributed_ranks_plan_the_same_steps_from_their_mean_costs(tmp_path):
     assert expected == (6, 2) and expected not in others
     (steps0, plan), (steps1, _) = run_distributed(_budgeted_rank, 2, str(tmp_path))
     assert steps0 == steps1 == plan["total_steps"] == 6 and plan["costs"]["step_s"] == 0.75
+
+
+PCL = ["method.name=pcl", "method.num_clusters=[4,8]", "method.projection_dim=16", "method.hidden_dim=32",
+       "method.queue_size=64", "method.momentum=0.9"]
+
+
+def test_start_up_phases_are_capped_at_a_share_of_the_planned_steps_and_kept_on_resume(tmp_path, monkeypatch):
+    assert budget.startup_phases({"a": (20, "epochs"), "b": (195, "steps"), "c": (0, "epochs"), "d": (2, "steps")},
+                                 steps_per_epoch=3, total_steps=60) == {"a": 2, "b": 6, "c": 0, "d": 2}
+    assert budget.capped_epochs(20, steps_per_epoch=100, total_steps=50) == 1  # at least one epoch
+    # PCL clusters after its warm-up epochs: a hook costs 2 s. With warmup_epochs=5 capped to 1
+    # epoch, 30 steps (10 epochs, 9 E-steps) take 30 + 18 = 48 s; planned with the recipe's 5
+    # warm-up epochs the same budget would fit 34 steps (34 + 2 x 7 = 48 s).
+    costs = Costs(step_s=1.0, epoch_hook_s=2.0)
+    assert budget.plan_steps(48.5 / 60 / SAFETY, costs, 3, hook_runs=lambda e, n: e - 5)[0] == 34
+    fixed_probe(monkeypatch, costs)
+    args = BASE + PCL + ["method.warmup_epochs=5", f"train.budget_minutes={48.5 / 60 / SAFETY}",
+                         "train.checkpoint_every=4", f"run.dir={tmp_path}"]
+    full = pretrain(load_config(None, args + ["run.name=full"]), progress=False)
+    plan = ckpt.load_latest(full.run_dir)[0]["loop"]["plan"]
+    assert (plan["total_steps"], plan["epochs"], plan["startup"]) == (30, 10, {"warmup_epochs": 1})
+    assert full.method.warmup_epochs == 1
+    estep_epochs = [r["epoch"] for r in _records(full.run_dir) if "nmi_prev" in r or "proto_nce" in r]
+    assert estep_epochs and min(estep_epochs) == 1  # ProtoNCE from the second epoch, not the sixth
+
+    class Stopping(METHODS["pcl"]):  # SIGTERM in epoch 6, after the checkpoint at epoch 4
+        def on_step_end(self, ctx):
+            super().on_step_end(ctx)
+            if ctx.step == 16 and ctx.total_steps < trainer.PROBE_TOTAL_STEPS:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as mp:
+        mp.setitem(METHODS, "pcl", Stopping)
+        with pytest.raises(Preempted):
+            pretrain(load_config(None, args + ["run.name=part"]), progress=False)
+    resumed = pretrain(None, resume_dir=tmp_path / "part", progress=False)
+    assert resumed.method.warmup_epochs == 1 and resumed.fit.steps == 30
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -82,6 +82,10 @@ class Method(nn.Module):
     # For train.budget_minutes: the trainer's probe times one on_epoch_start call at this epoch
     # (step 0) as the cost of the hooks' costly work, and plans it hook_runs(...) times.
     hook_probe_epoch: int = 0
+    # Start-up phases counted in epochs or optimizer steps, as (attribute, "epochs" | "steps"): a
+    # budgeted run caps each at a share of its planned steps (selfsup.train.budget.startup_phases)
+    # and sets the attribute to the capped value before its first step and again on resume.
+    startup_phases: tuple[tuple[str, str], ...] = ()
 
     def hook_runs(self, epochs: int, total_steps: int, steps_per_epoch: int) -> int:
         """How many times a run of ``total_steps`` optimizer steps over ``epochs`` epochs does the

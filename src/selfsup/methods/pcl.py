@@ -105,6 +105,8 @@ class PCL(Method):
         return dataset_outputs(ctx, self._momentum_embed, [self.momentum_backbone, self.momentum_projector],
                                self.assignments.shape[1], "PCL")
 
+    startup_phases = (("warmup_epochs", "epochs"),)  # a budgeted run caps it at 10% of its steps
+
     @property
     def hook_probe_epoch(self) -> int:
         return self.warmup_epochs  # the first epoch whose hook clusters

@@ -85,6 +85,9 @@ class SwAV(Method):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
 
+    # A budgeted run caps both at 10% of its planned steps (selfsup.train.budget.startup_phases).
+    startup_phases = (("queue_start_epoch", "epochs"), ("freeze_prototypes_iters", "steps"))
+
     def on_epoch_start(self, ctx: Context) -> None:
         self.epoch.fill_(ctx.epoch)
         self.steps_done.fill_(ctx.step)

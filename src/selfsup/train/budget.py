@@ -12,9 +12,13 @@ and the epochs they span. The plan counts everything the run will spend time on:
   monitor (counted as if the kNN improved every time) and the checkpoints: every
   ``checkpoint_every`` epochs, every ``checkpoint_every_steps`` steps and the final one.
 
-A budgeted run's lr warm-up is ``train.warmup_epochs`` capped at ``WARMUP_SHARE`` of the planned
-steps (a recipe's 10 warm-up epochs would otherwise fill a short run, whose lr would then never
-decay). Only ``SAFETY`` of the budget is planned, for the spread of step times over a run. The plan is a
+A budgeted run's start-up phases are capped at ``WARMUP_SHARE`` of the planned steps: the lr
+warm-up (``train.warmup_epochs``; a recipe's 10 warm-up epochs would otherwise fill a short run,
+whose lr would then never decay) and the methods' own (``Method.startup_phases``: PCL's epochs of
+InfoNCE alone before its first E-step, SwAV's queue start and prototype freezing), so that a
+30-minute run of a 200-epoch recipe still spends most of its steps in the method's main phase. A
+phase counted in epochs keeps at least one epoch; one that fits the cap keeps the recipe's length.
+Only ``SAFETY`` of the budget is planned, for the spread of step times over a run. The plan is a
 whole number of steps; the last epoch may be partial (``epochs`` counts it), and every schedule
 (lr warm-up and cosine, EMA momentum, relabelling points) is laid on the planned steps, so each
 ends with the run. This module is pure arithmetic: no clock, no torch.
@@ -28,7 +32,8 @@ from dataclasses import asdict, dataclass
 
 from selfsup.errors import SelfSupError
 
-__all__ = ["SAFETY", "WARMUP_SHARE", "Costs", "plan_steps", "run_seconds", "warmup_steps"]
+__all__ = ["SAFETY", "WARMUP_SHARE", "Costs", "capped_epochs", "capped_steps", "plan_steps", "run_seconds",
+           "startup_phases", "warmup_steps"]
 
 SAFETY = 0.97  # the share of the budget that is planned
 WARMUP_SHARE = 0.1  # a budgeted run's lr warm-up takes at most this share of its planned steps
@@ -108,6 +113,29 @@ def plan_steps(budget_minutes: float, costs: Costs, steps_per_epoch: int, knn_ev
     return steps, math.ceil(steps / steps_per_epoch)
 
 
+def capped_steps(steps: int, total_steps: int) -> int:
+    """A start-up phase of ``steps`` optimizer steps in a budgeted run: at most ``WARMUP_SHARE`` of it."""
+    return min(steps, int(total_steps * WARMUP_SHARE))
+
+
+def capped_epochs(epochs: int, steps_per_epoch: int, total_steps: int) -> int:
+    """A start-up phase of ``epochs`` epochs in a budgeted run: at most ``WARMUP_SHARE`` of its steps,
+    rounded to whole epochs, and at least one epoch unless the recipe's phase is 0."""
+    return min(epochs, max(1, round(total_steps * WARMUP_SHARE / steps_per_epoch)))
+
+
 def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
     """A budgeted run's lr warm-up in steps: ``warmup_epochs``, at most ``WARMUP_SHARE`` of the run."""
-    return min(round(warmup_epochs * steps_per_epoch), int(total_steps * WARMUP_SHARE))
+    return capped_steps(round(warmup_epochs * steps_per_epoch), total_steps)
+
+
+def startup_phases(phases: dict[str, tuple[int, str]], steps_per_epoch: int, total_steps: int) -> dict[str, int]:
+    """A budgeted run's values of a method's start-up phases: ``{name: (value, "epochs" | "steps")}``
+    in, ``{name: capped value}`` out."""
+    out = {}
+    for name, (value, unit) in phases.items():
+        if unit not in ("epochs", "steps"):
+            raise ValueError(f"start-up phase {name!r} is counted in {unit!r}, not 'epochs' or 'steps'")
+        out[name] = capped_epochs(value, steps_per_epoch, total_steps) if unit == "epochs" \
+            else capped_steps(value, total_steps)
+    return out

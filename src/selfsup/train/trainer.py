@@ -354,13 +354,21 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                       save_to=scratch_save if run_dir is not None and dist.is_main() else None,
                       monitor_s=monitor_s, started_at=started_at, autocast=autocast, sync=sync)
         costs = mean_over_ranks(costs, device)
+        recipe_phases = {name: (getattr(method, name), unit) for name, unit in method.startup_phases}
+
+        def hook_runs(e: int, n: int) -> int:  # with the start-up phases that a run of n steps has
+            for name, value in budget.startup_phases(recipe_phases, steps_per_epoch, n).items():
+                setattr(method, name, value)
+            return method.hook_runs(e, n, steps_per_epoch)
+
         planned, planned_epochs = budget.plan_steps(
             cfg.budget_minutes, costs, steps_per_epoch, knn_every=cfg.knn_every if monitor is not None else 0,
             checkpoint_every=cfg.checkpoint_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
-            hook_runs=lambda e, n: method.hook_runs(e, n, steps_per_epoch))
+            hook_runs=hook_runs)
         plan = {"budget_minutes": cfg.budget_minutes, "total_steps": planned, "epochs": planned_epochs,
                 "steps_per_epoch": steps_per_epoch, "step_seconds": costs.step_s, "costs": costs.to_dict(),
-                "warmup_steps": budget.warmup_steps(cfg.warmup_epochs, steps_per_epoch, planned)}
+                "warmup_steps": budget.warmup_steps(cfg.warmup_epochs, steps_per_epoch, planned),
+                "startup": budget.startup_phases(recipe_phases, steps_per_epoch, planned)}
         log.write({"type": "plan", "step": step, **plan})
         if show:
             last = planned - (planned_epochs - 1) * steps_per_epoch
@@ -369,6 +377,11 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                   f"{costs.step_s:.3g} s/step (epoch hook {costs.epoch_hook_s:.3g} s, kNN monitor "
                   f"{costs.monitor_s:.3g} s, checkpoint {costs.checkpoint_s:.3g} s, {costs.fixed_s:.3g} s spent "
                   "before training)", flush=True)
+            capped = {k: f"{recipe_phases[k][0]} -> {v} {recipe_phases[k][1]}" for k, v in plan["startup"].items()
+                      if v != recipe_phases[k][0]}
+            if capped:
+                print(f"budget: start-up phases capped at {budget.WARMUP_SHARE:.0%} of the run: "
+                      + ", ".join(f"{k} {v}" for k, v in capped.items()), flush=True)
     if plan is not None:
         if plan.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
             raise SelfSupError(f"the budget plan was made for {plan['steps_per_epoch']} steps per epoch, this run "
@@ -376,6 +389,8 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
         epochs, run_steps = plan["epochs"], plan["total_steps"]
         total_steps = run_steps if cfg.max_steps is None else min(run_steps, cfg.max_steps)
         warmup = plan["warmup_steps"]
+        for name, value in plan.get("startup", {}).items():  # also on resume: the plan's, not the recipe's
+            setattr(method, name, value)
     else:
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
     # One value per planned step: the last planned step takes the schedule's last (its floor).
