@@ -70,3 +70,15 @@ def test_channels_last_backward_of_the_strided_shortcut_runs_and_matches():
     import sys
     r = subprocess.run([sys.executable, "-c", _CL_BACKWARD], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "same gradients" in r.stdout, (r.returncode, r.stderr[-2000:])
+
+
+def test_zero_init_residual_is_a_model_option():
+    from selfsup.config import load_config
+    from selfsup.train.pretrain import build_method
+
+    for flag, expected in (("true", 0.0), ("false", 1.0)):
+        cfg = load_config("simclr", [f"model.zero_init_residual={flag}", "model.width=0.125"])
+        backbone = build_method(cfg, 10).backbone
+        last_bns = [block.bn2.weight for stage in (backbone.layer1, backbone.layer4) for block in stage]
+        assert all(torch.all(w == expected) for w in last_bns)
+        assert torch.all(backbone.bn1.weight == 1.0)  # the stem's BN is never zeroed

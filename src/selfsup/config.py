@@ -38,6 +38,7 @@ class ModelConfig:
     stem: str = "cifar"  # 'cifar' (3x3, no max-pool) or 'imagenet' (7x7 + max-pool)
     width: float = 1.0
     channels_last: bool | None = None  # None: on for CPU and CUDA (train/precision.py)
+    zero_init_residual: bool = True  # each residual branch's last BN starts at 0 (Goyal et al. 2017)
     sync_bn: bool = True  # several processes: BatchNorm over the global batch (not for MoCo v1/v2: shuffle-BN)
 
 

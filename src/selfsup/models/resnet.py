@@ -158,6 +158,6 @@ class ResNet(nn.Module):
 
 
 def build_backbone(arch: str = "resnet18", stem: str = "cifar", width: float = 1.0,
-                   channels_last: bool = False) -> ResNet:
-    net = ResNet(arch, stem, width)
+                   channels_last: bool = False, zero_init_residual: bool = True) -> ResNet:
+    net = ResNet(arch, stem, width, zero_init_residual=zero_init_residual)
     return net.to(memory_format=torch.channels_last) if channels_last else net

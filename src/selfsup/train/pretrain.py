@@ -109,7 +109,8 @@ def build_method(cfg: Config, dataset_size: int = 0) -> Method:
     if name not in METHODS:
         raise SelfSupError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
-    backbone = build_backbone(cfg.model.backbone, cfg.model.stem, cfg.model.width, cfg.model.channels_last)
+    backbone = build_backbone(cfg.model.backbone, cfg.model.stem, cfg.model.width, cfg.model.channels_last,
+                              cfg.model.zero_init_residual)
     kw = method_kwargs(cls, cfg.method)
     if "dataset_size" in inspect.signature(cls.__init__).parameters:
         kw["dataset_size"] = dataset_size  # methods with one slot per image (memory banks, cluster labels)
