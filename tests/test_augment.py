@@ -84,6 +84,15 @@ def test_views_are_deterministic_for_a_seed_and_differ_between_views():
 def test_byol_recipe_is_asymmetric():
     v1, v2 = build_recipe("byol", [0.5] * 3, [0.25] * 3).specs
     assert (v1.blur_p, v1.solarize_p, v2.blur_p, v2.solarize_p) == (1.0, 0.0, 0.1, 0.2)
+    # BYOL's pair at every size unless the options say otherwise: one value for both views, or a pair.
+    small = build_recipe("byol", [0.5] * 3, [0.25] * 3, size=16).specs
+    assert [(s.blur_p, s.solarize_p) for s in small] == [(1.0, 0.0), (0.1, 0.2)]
+    off = build_recipe("byol", [0.5] * 3, [0.25] * 3, blur_p=0.0).specs
+    assert [(s.blur_p, s.solarize_p) for s in off] == [(0.0, 0.0), (0.0, 0.2)]
+    pair = build_recipe("byol", [0.5] * 3, [0.25] * 3, blur_p=[0.5, 0.2], solarize_p=0.1).specs
+    assert [(s.blur_p, s.solarize_p) for s in pair] == [(0.5, 0.1), (0.2, 0.1)]
+    with pytest.raises(SelfSupError, match="byol blur_p"):
+        build_recipe("byol", [0.5] * 3, [0.25] * 3, blur_p=[1.0, 0.1, 0.0])
 
 
 def test_recipe_errors_are_clear():

@@ -128,15 +128,23 @@ def simclr(size: int = 32, strength: float = 0.5, blur_p: float | None = None,
     return [v] * num_views
 
 
-def byol(size: int = 32, strength: float = 1.0, scale_min: float = 0.08, **kw) -> list[ViewSpec]:
+def byol(size: int = 32, strength: float = 1.0, scale_min: float = 0.08,
+         blur_p: float | Sequence[float] = (1.0, 0.1), solarize_p: float | Sequence[float] = (0.0, 0.2),
+         **kw) -> list[ViewSpec]:
     """BYOL's asymmetric pair (arXiv 2006.07733, Table 6): colour jitter (0.4, 0.4, 0.2, 0.1) with
     p=0.8, grayscale p=0.2; blur p=1.0 / 0.1 and solarize p=0.0 / 0.2 on the first / second view.
 
     BYOL's jitter is (0.4, 0.4, 0.2, 0.1), which is not exactly SimCLR's 0.8s pattern; strength
     0.5 gives (0.4, 0.4, 0.4, 0.1), the saturation difference being the only deviation.
+
+    ``blur_p`` and ``solarize_p`` are one probability for both views or two, one per view; the
+    defaults are BYOL's at every size (the paper's views are 224 px). Unlike ``simclr``, the blur
+    does not switch itself off below 64 px: a recipe that wants no blur on small images sets
+    ``blur_p: 0.0`` (MoCo v3's CIFAR recipe does; BYOL's keeps the pair).
     """
+    blur, solar = _per_global_view(blur_p, "blur_p", "byol"), _per_global_view(solarize_p, "solarize_p", "byol")
     base = ViewSpec(size=size, scale=(scale_min, 1.0), jitter_strength=strength * 0.5, **kw)
-    return [replace(base, blur_p=1.0, solarize_p=0.0), replace(base, blur_p=0.1, solarize_p=0.2)]
+    return [replace(base, blur_p=blur[0], solarize_p=solar[0]), replace(base, blur_p=blur[1], solarize_p=solar[1])]
 
 
 def multicrop(size: int = 32, local_size: int = 16, num_local: int = 4, strength: float = 0.5,
@@ -162,12 +170,12 @@ def multicrop(size: int = 32, local_size: int = 16, num_local: int = 4, strength
     return [replace(base, blur_p=b, solarize_p=s) for b, s in zip(blur, solar)] + [loc] * num_local
 
 
-def _per_global_view(p: float | Sequence[float], name: str) -> tuple[float, float]:
+def _per_global_view(p: float | Sequence[float], name: str, recipe: str = "multicrop") -> tuple[float, float]:
     if isinstance(p, (int, float)) and not isinstance(p, bool):
         return float(p), float(p)
     if isinstance(p, Sequence) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p):
         return float(p[0]), float(p[1])
-    raise SelfSupError(f"multicrop {name}={p!r}: give one probability, or two (one per global view)")
+    raise SelfSupError(f"{recipe} {name}={p!r}: give one probability, or two (one per global view)")
 
 
 def single(size: int = 32, **kw) -> list[ViewSpec]:

@@ -10,11 +10,12 @@ class MLP(nn.Module):
 
     SimCLR's projector is 2 layers with a ReLU between (arXiv 2002.05709, Sec. 2.1; its v2 code
     adds BN on hidden layers); ``last_bn`` adds BN without affine after the output, as
-    SimCLR v2 and MoCo v3 do.
+    SimCLR v2 and MoCo v3's projector do. The output layer has a bias unless BN follows it;
+    ``last_bias`` overrides that (MoCo v3's code has no bias in any layer of its heads).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, bn: bool = True,
-                 last_bn: bool = False):
+                 last_bn: bool = False, last_bias: bool | None = None):
         super().__init__()
         mods: list[nn.Module] = []
         d = in_dim
@@ -24,7 +25,7 @@ class MLP(nn.Module):
                 mods.append(nn.BatchNorm1d(hidden_dim))
             mods.append(nn.ReLU(inplace=True))
             d = hidden_dim
-        mods.append(nn.Linear(d, out_dim, bias=not last_bn))
+        mods.append(nn.Linear(d, out_dim, bias=not last_bn if last_bias is None else last_bias))
         if last_bn:
             mods.append(nn.BatchNorm1d(out_dim, affine=False))
         self.net = nn.Sequential(*mods)
