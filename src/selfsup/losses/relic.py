@@ -52,11 +52,29 @@ def relic_loss_terms(
         p^{a}_{i}(j) = \frac{e^{S_{ij}}}{\sum_{m=1}^{N} e^{S_{im}}}, \qquad
         p^{z}_{i}(j) = \frac{e^{S_{ji}}}{\sum_{m=1}^{N} e^{S_{mi}}}
 
-    :math:`p^a_i` is the anchor view of image i scoring the positive-view candidates :math:`z_j`
-    (ReLIC's :math:`p^{do(a_{lk})}(Y^R = j \mid f(x_i)) \propto \exp(\phi(f(x_i^{a_l}), h(x_j^{a_k}))/\tau)`);
-    :math:`p^z_i` is the positive view of image i scoring the anchor-view candidates :math:`a_j`,
-    the same proxy task with the two views swapped (ReLIC's :math:`p^{do(a_{qt})}` when the two
-    networks are one, h = f). The loss is
+    :math:`p^a_i` (row i) is the anchor view of image i, as the online network f sees it, scoring
+    the positive-view candidates as the target network g sees them:
+    :math:`p^a_i(j) \propto \exp(\phi(f(x_i^{a}), g(x_j^{b}))/\tau)`, ReLIC's
+    :math:`p^{do(a_{lk})}(Y^R = j \mid f(x_i))` and the likelihood whose diagonal ReLICv2's
+    contrastive term maximises. :math:`p^z_i` (column i) swaps which side is scored against which: the
+    *target* network's output for the positive view of image i scores the *online* network's
+    outputs for the anchor view, :math:`p^z_i(j) \propto \exp(\phi(g(x_i^{b}), f(x_j^{a}))/\tau)`.
+    It is not the online network's view b scoring target-network candidates of view a
+    (:math:`\exp(\phi(f(x_i^{b}), g(x_j^{a}))/\tau)`); the two coincide only when f = g, as in
+    ReLIC v1 here (``positive`` and ``anchor`` from one network), where :math:`p^z_i` is exactly
+    ReLIC's :math:`p^{do(a_{qt})}` with the two augmentations swapped.
+
+    Why the column, for ReLICv2 (two networks): ReLICv2's invariance term is a KL between the two
+    likelihoods a pair of views gives, one per direction of the pair, the second under a
+    stop-gradient. Its pseudo-code (arXiv 2201.05119) computes each pair's loss
+    from two tensors only, the online output of one crop and the target output of another
+    (``loss_relicv2(online_i, target_j, n_e)``), and passes the small crops through the online
+    network only, so the target output of the anchor crop, which the swapped-network likelihood
+    would need, does not exist for most pairs. From one (online, target) pair of output batches
+    the invariance term can only compare the two normalisations of their one score matrix: image
+    i's identity inferred from its online view among the target views (the row) and from its
+    target view among the online views (the column). That is what this function computes:
+    :math:`p^a_i` first, the stop-gradient on :math:`p^z_i`. The loss is
 
     .. math::
         \mathcal{L} = \frac{1}{N}\sum_{i=1}^{N}\Bigl[
@@ -67,7 +85,7 @@ def relic_loss_terms(
     ``alpha`` multiplies the contrastive (instance-discrimination NLL) term and ``beta`` the
     invariance (KL) term, ReLICv2's naming. ReLIC (v1) writes the contrastive weight as 1 and calls
     the invariance weight :math:`\alpha`: v1's alpha is ``beta`` here. The KL runs from the anchor
-    (online) likelihood :math:`p^a` to the positive-side likelihood :math:`p^z`, and :math:`p^z`
+    (online) likelihood :math:`p^a` to the column likelihood :math:`p^z`, and :math:`p^z`
     is under a stop-gradient (:math:`\operatorname{sg}`, ``detach``): the invariance term moves the
     anchor's likelihood only. Nothing else is detached; ``positive`` normally comes from the EMA
     target network and carries no gradient anyway. v1 sums the KL over both orders of every pair
@@ -94,7 +112,8 @@ def relic_loss_terms(
     z = F.normalize(positive, dim=1)
     scores = (a @ z.T) / t
     log_p_anchor = F.log_softmax(scores, dim=1)
-    # Row i of the transposed score matrix is the positive view of image i scoring every anchor view.
+    # Row i of the transposed score matrix: the positive (target) output of image i scoring every
+    # anchor (online) output, i.e. column i of the scores.
     log_p_positive = F.log_softmax(scores.T, dim=1).detach()
 
     contrastive = -torch.diagonal(log_p_anchor).mean()
@@ -118,8 +137,9 @@ def relic_loss(
 
     with :math:`S_{ij} = \hat a_i \cdot \hat z_j / \tau` on L2-normalised rows,
     :math:`p^a_i = \mathrm{softmax}_j(S_{ij})` (row i) and :math:`p^z_i = \mathrm{softmax}_j(S_{ji})`
-    (column i). ``alpha`` multiplies the contrastive NLL, ``beta`` the invariance KL; the KL runs
-    from the anchor's likelihood to the positive side's, which is detached (stop-gradient).
+    (column i: the positive, target-side output of image i scoring the anchor-side outputs).
+    ``alpha`` multiplies the contrastive NLL, ``beta`` the invariance KL; the KL runs from the
+    anchor's likelihood to the column likelihood, which is detached (stop-gradient).
 
     Mitrovic et al. (2021), arXiv:2010.07922; Tomasev et al. (2022), arXiv:2201.05119. Definitions,
     conventions and the correspondence with the papers' notation: :func:`relic_loss_terms`, which

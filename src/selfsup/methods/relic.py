@@ -11,9 +11,13 @@ views swap roles. The loss of one (online, target) pair of view batches is
     alpha * NLL + beta * KL(p_online || sg[p_target]),
 
 the NLL being the in-batch contrastive term of the online view against the target view, the KL
-running from the online view's likelihood over the target candidates (rows of the score matrix)
-to the target view's likelihood over the online candidates (columns), the latter under a
-stop-gradient (exact formula in that function).
+running from the online view's likelihood over the target candidates (rows of the score matrix
+online x target) to the target view's likelihood over the online candidates (its columns), the
+latter under a stop-gradient (exact formula in that function). With two networks the column is
+the target network's output of image i scoring the online outputs, not the online network's other
+view scoring target outputs: each pair's loss sees one online and one target output batch only,
+as ReLICv2's pseudo-code has it (the small crops have no target output); the reasoning is in
+``relic_loss_terms``.
 
 ReLIC (v1, class ``ReLIC``): one network f (encoder + 2-layer MLP critic), two views, candidates
 from the other view, the loss averaged over both orders of the pair (the paper sums its KL over
@@ -31,15 +35,21 @@ large view), and with probability 0.1 a crop has its background removed by an un
 foreground mask (``views.options.background``, see ``selfsup.data.views.background_removal``).
 
 Defaults: temperature 0.1, alpha = beta = 1 (ours, the loss's defaults), base momentum 0.996
-(BYOL's), 2 large views, background removal p = 0.1 (ReLICv2's).
+(BYOL's, which ReLICv2 takes over), 2 large views, background removal p = 0.1 (ReLICv2's).
 
 Deviations (small images / CPU budget; see configs/relic.yaml, configs/relicv2.yaml): ResNet-18
 with the CIFAR stem and 32 px views instead of ResNet-50 at 224/96 px; projector 2048-128; a
-2 x 32 px + 4 x 16 px multi-crop without blur; the saliency masks come from our label-free
-estimator; negatives are the whole batch of every process (the pseudo-code's loss takes a number
-of negatives, ``n_e``, which we do not subsample); background removal is drawn per image and view,
-independently (the pseudo-code draws it per large crop and lets the small crops reuse the last
-draw); v1 uses ReLICv2's stop-gradient in its KL too.
+2 x 32 px + 4 x 16 px multi-crop without blur; the CIFAR recipe's base momentum is 0.99, not
+0.996: a CIFAR run has a sixth of ImageNet's steps or fewer (500 epochs of about 98 steps against
+1000 of 312), and on the cosine schedule the mean of 1 - m over a run is (1 - m0) / 2, so from
+0.996 a run of a few hundred steps ends with most of the random init still in the target
+(0.998^156 = 0.73 of it after 156 steps; 0.995^156 = 0.46 from 0.99). Over the full 500-epoch
+recipe either value moves the target far from its init; the difference is in short and budgeted
+runs. BYOL's CIFAR recipe here also starts at 0.99 (solo-learn's CIFAR value). The saliency masks
+come from our label-free estimator; negatives are the whole batch of every process (the
+pseudo-code's loss takes a number of negatives, ``n_e``, which we do not subsample); background
+removal is drawn per image and view, independently (the pseudo-code draws it per large crop and
+lets the small crops reuse the last draw); v1 uses ReLICv2's stop-gradient in its KL too.
 """
 
 from __future__ import annotations
