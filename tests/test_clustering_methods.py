@@ -206,6 +206,52 @@ def test_sela_label_step_solves_sinkhorn_on_the_heads_log_softmax(digits):
         assert torch.equal(m.labels[h], expected)
 
 
+def test_sela_linear_schedule_relabels_one_head_per_update_in_turn(digits):
+    # The authors' CIFAR script: updates spread linearly (one per epoch), head epoch % hc relabelled.
+    torch.manual_seed(0)
+    m = SeLa(_PixelEncoder(), dataset_size=N, num_clusters=8, num_heads=3, num_label_updates=4,
+             label_schedule="linear", relabel_heads="one")
+    assert m.update_steps(100) == [0, 25, 50, 75]
+    passes = []
+    solve = m.update_labels
+
+    def recorded(ctx, heads=None):
+        passes.append(heads)
+        solve(ctx, heads)
+
+    m.update_labels = recorded
+    start = m.labels.clone()
+    m.on_epoch_start(_ctx(digits, step=0))
+    # Only head 0 left its random equipartition; the others keep theirs until their turn.
+    assert [not torch.equal(m.labels[h], start[h]) for h in range(3)] == [True, False, False]
+    m.on_step_end(_ctx(digits, step=24))
+    m.on_step_end(_ctx(digits, step=25))
+    assert not torch.equal(m.labels[1], start[1]) and torch.equal(m.labels[2], start[2])
+    # Two scheduled points (steps 50 and 75) reached on one step: one pass relabels their heads, 2 and 0.
+    m.on_step_end(_ctx(digits, step=80))
+    assert passes == [[0], [1], [0, 2]] and int(m.label_updates_done) == 4
+    assert not torch.equal(m.labels[2], start[2])
+    with pytest.raises(SelfSupError, match="label_schedule"):
+        SeLa(_PixelEncoder(), dataset_size=N, num_clusters=8, label_schedule="cosine")
+    with pytest.raises(SelfSupError, match="relabel_heads"):
+        SeLa(_PixelEncoder(), dataset_size=N, num_clusters=8, relabel_heads="two")
+
+
+def test_sela_cifar_recipe_takes_the_authors_cifar_script_settings():
+    from selfsup.train.pretrain import build_method
+
+    cfg = load_config("sela")
+    m = build_method(cfg, 50_000)
+    assert (m.lamb, m.sinkhorn_tol, m.label_schedule, m.relabel_heads) == (10.0, 0.01, "linear", "all")
+    # One label update at the start of every epoch (195 steps of batch 256 per CIFAR-10 epoch).
+    steps_per_epoch, epochs = 195, cfg.train.epochs
+    assert m.update_steps(steps_per_epoch * epochs) == [e * steps_per_epoch for e in range(epochs)]
+    # The defaults are the ImageNet code's.
+    default = SeLa(_PixelEncoder(), dataset_size=N, num_clusters=8)
+    assert (default.lamb, default.sinkhorn_tol, default.label_schedule, default.relabel_heads) == \
+        (25.0, 0.1, "quadratic", "all")
+
+
 # --- SwAV ----------------------------------------------------------------------------------------
 
 
