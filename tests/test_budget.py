@@ -23,7 +23,7 @@ from selfsup.methods import METHODS
 from selfsup.train import budget, trainer
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.budget import SAFETY, Costs, plan_steps, run_seconds
-from selfsup.train.optim import cosine_schedule, scaled_lr
+from selfsup.train.optim import cosine_schedule, relaid, scaled_lr
 from selfsup.train.pretrain import pretrain
 
 # 192 digits in batches of 64: 3 optimizer steps per epoch.
@@ -46,6 +46,10 @@ def fixed_probe(monkeypatch, costs: Costs) -> list[Costs]:
         return costs
 
     monkeypatch.setattr(trainer, "probe", probe)
+    # The re-checks see the same step time and the time those steps took, so they keep the plan (a
+    # test's steps take milliseconds, its start-up seconds: real clocks would re-plan).
+    monkeypatch.setattr(trainer, "rechecked", lambda trained_s, steps, elapsed_s, device: (costs.step_s,
+                                                                                         steps * costs.step_s))
     return calls
 
 
@@ -135,6 +139,90 @@ def test_a_budgeted_run_resumes_exactly_with_its_stored_plan(tmp_path, monkeypat
     assert untimed(full.run_dir) == untimed(resumed.run_dir)
 
 
+def test_a_recheck_re_plans_with_the_step_time_so_far_and_never_below_the_steps_taken():
+    # Planned: 20 steps at 1 s, 3 a epoch. At the end of the first epoch (3 steps) the steps took
+    # 0.5 s or 2 s: 41 or 10 steps fit 20.5 s.
+    args = dict(planned_steps=20, steps_per_epoch=3)
+    assert budget.recheck(budget_for(20), STEP_ONLY, 0.5, 3, 1, 1.5, **args) == (41, 14)
+    assert budget.recheck(budget_for(20), STEP_ONLY, 2.0, 3, 1, 6.0, **args) == (10, 4)
+    # Within RECHECK_TOLERANCE (2%) the plan stays: 99 steps fit at 1.01 s, 95 at 1.05 s.
+    assert budget.RECHECK_TOLERANCE == 0.02
+    hundred = dict(planned_steps=100, steps_per_epoch=3)
+    assert budget.recheck(budget_for(100), STEP_ONLY, 1.01, 3, 1, 3.03, **hundred) == (100, 34)
+    assert budget.recheck(budget_for(100), STEP_ONLY, 1.05, 3, 1, 3.15, **hundred) == (95, 32)
+    # Time spent apart from the steps counts: 4 s of loading and probing leave 16.5 s, 8 steps.
+    assert budget.recheck(budget_for(20), Costs(step_s=1.0, fixed_s=4.0), 2.0, 3, 1, 10.0, **args) == (8, 3)
+    # So do the hooks still to come, 2 s each, one an epoch (the first one is done): 2 x 7 + 2 x 3 <= 20.5.
+    assert budget.recheck(budget_for(20), Costs(step_s=1.0, epoch_hook_s=2.0), 2.0, 3, 1, 8.0, **args) == (7, 3)
+    # And the monitors, 3 s after each epoch: after 2 epochs (12 s of steps, one monitor) only this
+    # epoch's end fits, 2 x 6 + 3 x 2 <= 20.5.
+    assert budget.recheck(budget_for(20), Costs(step_s=1.0, monitor_s=3.0), 2.0, 6, 2, 15.0, knn_every=1,
+                          **args) == (6, 2)
+    # Nothing fits any more: the run ends where it is.
+    assert budget.recheck(budget_for(20), STEP_ONLY, 2.0, 3, 1, 30.0, **args) == (3, 1)
+
+
+def test_relaid_schedules_go_on_from_where_they_are_and_end_on_their_last_value():
+    s = cosine_schedule(1.0, 20, 2)
+    assert relaid(s, 3, 20) == s
+    assert relaid(s, 3, 6) == pytest.approx(s[:3] + [s[3], s[11], s[19]])
+    longer = relaid(s, 3, 40)
+    assert len(longer) == 40 and longer[:4] == s[:4] and longer[-1] == s[-1]
+    assert all(a >= b for a, b in zip(longer[2:], longer[3:]))  # still decays, without a jump
+    assert relaid(s, 19, 25) == s[:19] + [s[19]] * 6 and relaid(s, 5, 4) == s[:4]
+
+
+def test_a_run_slower_than_probed_is_re_planned_after_its_first_epoch_and_resumes_exactly(tmp_path, monkeypatch):
+    fixed_probe(monkeypatch, STEP_ONLY)
+    # The first epoch's steps take 3 s instead of the probed 1 s: 6 steps fit (3 x 6 <= 20.5 s).
+    monkeypatch.setattr(trainer, "rechecked", lambda trained_s, steps, elapsed_s, device: (3.0, 3.0 * steps))
+    args = BASE + BYOL + [f"train.budget_minutes={budget_for(20)}", "train.warmup_epochs=10", f"run.dir={tmp_path}"]
+    full = pretrain(load_config(None, args + ["run.name=full"]), progress=False)
+    assert (full.fit.steps, full.fit.planned_steps, full.fit.epochs) == (6, 6, 2)
+    plan = ckpt.load_latest(full.run_dir)[0]["loop"]["plan"]
+    assert (plan["total_steps"], plan["epochs"], plan["warmup_steps"]) == (6, 2, 2)  # the warm-up is kept
+    assert plan["rechecks"] == [{"step": 3, "step_seconds": 3.0, "planned_steps": 20, "total_steps": 6, "epochs": 2}]
+    records = _records(full.run_dir)
+    assert [r for r in records if r.get("type") == "recheck"] == [
+        {"type": "recheck", "step": 3, "step_seconds": 3.0, "planned_steps": 20, "total_steps": 6, "epochs": 2}]
+    last = [r for r in records if r.get("type") == "epoch"][-1]
+    assert (last["planned_steps"], last["epochs"], last["step"]) == (6, 2, 6)
+    # The lr: the first plan's for the first epoch's steps, then its rest squeezed onto 3 steps.
+    peak = scaled_lr(load_config(None, args).train.lr, 64, "linear")
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert lrs == pytest.approx(relaid(cosine_schedule(peak, 20, 2), 3, 6))
+
+    class Stopping(METHODS["byol"]):  # SIGTERM after step 4, after the re-plan
+        def on_step_end(self, ctx):
+            super().on_step_end(ctx)
+            if ctx.step == 4 and ctx.total_steps < trainer.PROBE_TOTAL_STEPS:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as mp:
+        mp.setitem(METHODS, "byol", Stopping)
+        with pytest.raises(Preempted):
+            pretrain(load_config(None, args + ["run.name=part"]), progress=False)
+    resumed = pretrain(None, resume_dir=tmp_path / "part", progress=False)
+    assert (resumed.fit.steps, resumed.fit.planned_steps) == (6, 6)
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_a_run_faster_than_probed_is_lengthened_and_its_schedule_still_ends_on_its_floor(tmp_path, monkeypatch):
+    fixed_probe(monkeypatch, STEP_ONLY)
+    # Steps take 0.5 s instead of 1 s: 41 steps fit 20.5 s (0.5 x 41), re-planned once, after epoch 1.
+    monkeypatch.setattr(trainer, "rechecked", lambda trained_s, steps, elapsed_s, device: (0.5, 0.5 * steps))
+    args = BASE + BYOL + [f"train.budget_minutes={budget_for(20)}", "train.warmup_epochs=10", f"run.dir={tmp_path}"]
+    run = pretrain(load_config(None, args), progress=False)
+    assert (run.fit.steps, run.fit.planned_steps, run.fit.epochs) == (41, 41, 14)
+    plan = ckpt.load_latest(run.run_dir)[0]["loop"]["plan"]
+    assert [(c["step"], c["total_steps"]) for c in plan["rechecks"]] == [(3, 41)]
+    peak = scaled_lr(load_config(None, args).train.lr, 64, "linear")
+    lrs = [r["lr"] for r in _records(run.run_dir) if "lr" in r]
+    assert lrs == pytest.approx(relaid(cosine_schedule(peak, 20, 2), 3, 41))
+    assert lrs[-1] == pytest.approx(cosine_schedule(peak, 20, 2)[-1]) == min(lrs)
+
+
 # MoCo v1: a queue and shuffle-BN drawn from torch's global RNG; DeepCluster: an epoch hook that
 # clusters, re-draws the classifier and drops its optimizer state.
 @pytest.mark.parametrize("method", ["moco_v1", "deepcluster"])
@@ -164,6 +252,7 @@ def _budgeted_rank(rank: int, world: int, run_dir: str) -> tuple[int, dict]:
         return Costs(step_s=1.0, checkpoint_s=2.0) if rank == 0 else Costs(step_s=0.5)
 
     trainer.probe = probe
+    trainer.rechecked = lambda trained_s, steps, elapsed_s, device: (0.75, 0.75 * steps)  # as planned
     args = BASE + ["method.name=simclr", "method.hidden_dim=64", "method.projection_dim=32", "train.batch_size=32",
                    "train.budget_minutes=0.2", f"run.dir={run_dir}", "run.name=r"]
     result = pretrain(load_config(None, args), progress=False)

@@ -21,19 +21,33 @@ phase counted in epochs keeps at least one epoch; one that fits the cap keeps th
 Only ``SAFETY`` of the budget is planned, for the spread of step times over a run. The plan is a
 whole number of steps; the last epoch may be partial (``epochs`` counts it), and every schedule
 (lr warm-up and cosine, EMA momentum, relabelling points) is laid on the planned steps, so each
-ends with the run. This module is pure arithmetic: no clock, no torch.
+ends with the run.
+
+A step's time drifts over a run: on these shared 2-core machines the steps sustained over
+epochs ran 5-10% slower than the probe's (a Xeon) or, after a slower first epoch, 10% faster (an
+EPYC). So at the end of each epoch until its first checkpoint (``train.checkpoint_every``, 10 by
+default) the run checks its plan against the mean step time so far (:func:`recheck`) and re-plans
+when the steps that fit differ from the plan by more than ``RECHECK_TOLERANCE``, shorter or longer.
+The warm-up and start-up phases stay as first planned; the rest of the lr schedule is stretched or
+squeezed onto the new length from where it is (``optim.relaid``), so it goes on without a jump and
+still ends on its floor (an EMA momentum laid on ``ctx.total_steps`` moves a little at a re-plan).
+Checks stop at the first checkpoint, so that a run resumed from any epoch checkpoint follows the
+plan the uninterrupted run followed from there, exactly; the re-plans are kept in the plan
+(``rechecks``) and a resumed run rebuilds its lr schedule from them. A run resumed from a
+checkpoint written before the checks stopped (a preemption, ``checkpoint_every_steps``) keeps the
+plan it holds and checks no more. This module is pure arithmetic: no clock, no torch.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from selfsup.errors import SelfSupError
 
-__all__ = ["SAFETY", "WARMUP_SHARE", "Costs", "capped_epochs", "capped_steps", "plan_steps", "run_seconds",
-           "startup_phases", "warmup_steps"]
+__all__ = ["RECHECK_TOLERANCE", "SAFETY", "WARMUP_SHARE", "Costs", "capped_epochs", "capped_steps", "plan_steps",
+           "recheck", "run_seconds", "startup_phases", "warmup_steps"]
 
 SAFETY = 0.97  # the share of the budget that is planned
 WARMUP_SHARE = 0.1  # a budgeted run's lr warm-up takes at most this share of its planned steps
@@ -139,3 +153,34 @@ def startup_phases(phases: dict[str, tuple[int, str]], steps_per_epoch: int, tot
         out[name] = capped_epochs(value, steps_per_epoch, total_steps) if unit == "epochs" \
             else capped_steps(value, total_steps)
     return out
+
+
+RECHECK_TOLERANCE = 0.02  # a re-check changes the plan only when it moves it by more than this share
+
+
+def recheck(budget_minutes: float, costs: Costs, step_s: float, steps_done: int, epochs_done: int,
+            elapsed_s: float, planned_steps: int, steps_per_epoch: int, knn_every: int = 0,
+            checkpoint_every: int = 10, checkpoint_every_steps: int | None = None,
+            hook_runs: Callable[[int, int], float] | None = None) -> tuple[int, int]:
+    """``(total_steps, epochs)`` of a plan checked at the end of epoch ``epochs_done`` (counted from
+    1), ``steps_done`` steps and ``elapsed_s`` seconds into the run, whose steps have taken
+    ``step_s`` each on average: the most steps that fit the budget now, never fewer than
+    ``steps_done``; the plan's ``planned_steps`` when that moves it by ``RECHECK_TOLERANCE`` or less.
+
+    What was spent so far that the steps, the hooks run and the monitors run do not account for
+    (loading, the probe, the epoch-0 monitor) is counted as already spent (``fixed_s``); the hooks,
+    monitors and saves still to come are counted as :func:`plan_steps` counts them.
+    """
+    hooks_done = hook_runs(epochs_done, steps_done) if hook_runs is not None else epochs_done
+    monitors_done = (epochs_done - 1) // knn_every if knn_every else 0  # this epoch's has not run yet
+    spent = elapsed_s - steps_done * step_s - hooks_done * costs.epoch_hook_s - monitors_done * costs.monitor_s
+    now = replace(costs, step_s=step_s, fixed_s=max(costs.fixed_s, spent))
+    try:
+        fits, _ = plan_steps(budget_minutes, now, steps_per_epoch, knn_every, checkpoint_every,
+                             checkpoint_every_steps, hook_runs)
+    except SelfSupError:  # not even one epoch fits any more: stop where the run is
+        fits = steps_done
+    steps = max(fits, steps_done)
+    if abs(steps - planned_steps) <= RECHECK_TOLERANCE * planned_steps:
+        steps = planned_steps
+    return steps, math.ceil(steps / steps_per_epoch)

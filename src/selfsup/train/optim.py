@@ -84,6 +84,26 @@ def scaled_lr(base_lr: float, batch_size: int, scaling: str) -> float:
     return base_lr
 
 
+def relaid(schedule: list[float], keep: int, total_steps: int) -> list[float]:
+    """A re-planned run's schedule: ``schedule``'s first ``keep`` values as they were, then its
+    remaining values stretched or squeezed onto the steps up to ``total_steps`` (linear
+    interpolation), so the schedule goes on from where it is, without a jump, and still ends on
+    its last value."""
+    head, tail = schedule[:keep], schedule[keep:]
+    n = total_steps - keep
+    if n <= 0:
+        return schedule[:total_steps]
+    if n == 1 or len(tail) <= 1:  # one step left ends on the last value; one value left lasts
+        return head + [tail[-1] if tail else schedule[-1]] * n
+    out = []
+    for t in range(n):
+        x = t * (len(tail) - 1) / (n - 1)
+        i = min(int(x), len(tail) - 2)
+        f = x - i
+        out.append(tail[i] + f * (tail[i + 1] - tail[i]))
+    return head + out
+
+
 def cosine_schedule(peak: float, total_steps: int, warmup_steps: int = 0, final: float = 0.0,
                     start: float = 0.0) -> list[float]:
     """Linear warm-up from ``start`` to ``peak`` over ``warmup_steps``, then cosine decay to ``final``."""

@@ -18,8 +18,10 @@ refreshed banks) must be buffers, so they come back with the checkpoint.
 A wall-clock budget (``train.budget_minutes``) replaces ``train.epochs``: before its first step
 the run probes what a step, an epoch hook, a kNN monitor and a checkpoint cost (:func:`probe`,
 which then rewinds everything it touched), plans the optimizer steps that fit
-(:func:`selfsup.train.budget.plan_steps`) and lays every schedule on them. The plan is saved in
-every checkpoint (``loop["plan"]``): a resumed run reuses it and probes nothing.
+(:func:`selfsup.train.budget.plan_steps`) and lays every schedule on them. At each epoch end until
+its first checkpoint it checks the plan against the mean step time so far, and re-plans when the
+steps that fit differ (:func:`selfsup.train.budget.recheck`). The plan is saved in every
+checkpoint (``loop["plan"]``): a resumed run reuses it and probes nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from selfsup.methods.base import Context, Method
 from selfsup.train import budget
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.guards import MAX_BAD_STEPS, CollapseMonitor, DivergenceGuard, grads_finite
-from selfsup.train.optim import build_optimizer, cosine_schedule, scaled_lr
+from selfsup.train.optim import build_optimizer, cosine_schedule, relaid, scaled_lr
 from selfsup.train.precision import resolve_precision
 from selfsup.train.signals import PreemptionHandler
 
@@ -213,6 +215,15 @@ def mean_over_ranks(costs: budget.Costs, device: torch.device) -> budget.Costs:
     mean = [v / dist.world_size() for v in total]
     return budget.Costs(step_s=mean[0], epoch_hook_s=mean[1], monitor_s=mean[2], checkpoint_s=total[3],
                         fixed_s=mean[4])
+
+
+def rechecked(trained_s: float, steps: int, elapsed_s: float, device: torch.device) -> tuple[float, float]:
+    """``(seconds per step so far, seconds into the run)`` for a budgeted run's re-check: the ranks'
+    means, so that every rank re-plans alike."""
+    out = (trained_s / max(1, steps), elapsed_s)
+    if dist.is_distributed():
+        out = tuple(dist.all_reduce_mean(torch.tensor(out, dtype=torch.float64, device=device)).tolist())
+    return out
 
 
 def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfig, run_dir: str | Path | None = None,
@@ -393,12 +404,19 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
             setattr(method, name, value)
     else:
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    # One value per planned step: the last planned step takes the schedule's last (its floor).
-    lr_schedule = cosine_schedule(peak, run_steps, warmup, final=cfg.min_lr * peak)
-    epoch = start_epoch
+    # One value per planned step: the last planned step takes the schedule's last (its floor). A
+    # re-planned run's schedule is rebuilt from its first plan and its re-plans (also on resume).
+    rechecks = plan.get("rechecks", []) if plan is not None else []
+    lr_schedule = cosine_schedule(peak, rechecks[0]["planned_steps"] if rechecks else run_steps, warmup,
+                                  final=cfg.min_lr * peak)
+    for change in rechecks:
+        lr_schedule = relaid(lr_schedule, max(change["step"], warmup), change["total_steps"])
+    # A fresh budgeted run checks its plan at each epoch end until its first checkpoint (budget.recheck).
+    rechecking = plan is not None and resume is None and cfg.max_steps is None
+    trained_s = 0.0  # the epochs' step time so far, for the re-checks
     with preempt:
-        for epoch in range(start_epoch, epochs):
-            if step >= total_steps:
+        for epoch in itertools.count(start_epoch):  # a re-check may lengthen the run
+            if step >= total_steps or epoch >= epochs:
                 break
             loader.set_epoch(epoch)
             ctx = context(epoch)
@@ -482,6 +500,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                     raise stop(epoch, save(epoch))
                 if stepped and cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
                     save(epoch)
+                    rechecking = False
             bar.close()
             record = {"epoch": epoch + 1, "step": step, **{k: v / counts[k] for k, v in sums.items()},
                       "skipped_steps": guard.total, "epoch_time_s": round(time.perf_counter() - t_epoch, 3)}
@@ -489,6 +508,28 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                 record["unreadable_images"] = len(loader.failed)
             if count and not math.isfinite(record.get("loss", 0.0)):
                 raise SelfSupError(f"epoch {epoch + 1}: mean loss is not finite")
+            trained_s += record["epoch_time_s"]
+            if rechecking and not (epoch + 1 == epochs or step >= total_steps):
+                step_s, elapsed_s = rechecked(trained_s, step, elapsed(), device)
+                costs = budget.Costs(**plan["costs"])
+                planned, planned_epochs = budget.recheck(
+                    plan["budget_minutes"], costs, step_s, step, epoch + 1, elapsed_s, plan["total_steps"],
+                    steps_per_epoch, knn_every=cfg.knn_every if monitor is not None else 0,
+                    checkpoint_every=cfg.checkpoint_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
+                    hook_runs=lambda e, n: method.hook_runs(e, n, steps_per_epoch))
+                if planned != plan["total_steps"]:
+                    change = {"step": step, "step_seconds": round(step_s, 6), "planned_steps": plan["total_steps"],
+                              "total_steps": planned, "epochs": planned_epochs}
+                    log.write({"type": "recheck", **change})
+                    if show:
+                        print(f"budget: steps took {step_s:.3g} s so far against {costs.step_s:.3g} s probed; "
+                              f"re-planned {plan['total_steps']} -> {planned} steps = {planned_epochs} epochs",
+                              flush=True)
+                    plan["rechecks"] = plan.get("rechecks", []) + [change]
+                    lr_schedule = relaid(lr_schedule, max(step, warmup), planned)
+                    plan.update(total_steps=planned, epochs=planned_epochs)
+                    epochs, run_steps = planned_epochs, planned
+                    total_steps = run_steps
             finished = epoch + 1 == epochs or step >= total_steps
             improved = False
             if monitor is not None and (finished or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):
@@ -511,10 +552,13 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
             path = None
             if finished or halt or (epoch + 1) % cfg.checkpoint_every == 0 or (every and step % every == 0):
                 path = save(epoch + 1)  # epoch ends are saved whole: batch 0 of the next epoch
+                rechecking = False  # a resume from here must follow the plan this run follows
             if improved:
                 save(epoch + 1, ckpt.best_path(run_dir) if run_dir else None)
             if halt:
                 raise stop(epoch, path)
+            if finished:
+                break
             method.train()
     return FitResult(steps=step, epochs=epoch + 1, history=history, timing=timing, skipped_steps=guard.total,
                      minutes=elapsed() / 60, budget_minutes=plan["budget_minutes"] if plan else None,
