@@ -8,6 +8,7 @@ start N copies of the same command with those variables set, and wait for all of
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -33,7 +34,15 @@ def init_from_env() -> bool:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend)
+    # Leave the group before the interpreter shuts down: a process that exits with it alive can
+    # abort in c10d's teardown ("terminate called without an active exception", exit 250).
+    atexit.register(_leave)
     return True
+
+
+def _leave() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _free_port() -> int:
