@@ -53,6 +53,22 @@ def fixed_probe(monkeypatch, costs: Costs) -> list[Costs]:
     return calls
 
 
+def preempted_run(monkeypatch, name: str, stop_step: int, args: list[str]) -> None:
+    """Run ``args`` as run ``part`` with method ``name`` sent SIGTERM after optimizer step
+    ``stop_step`` (not in the probe), so that it stops with a checkpoint to resume."""
+
+    class Stopping(METHODS[name]):
+        def on_step_end(self, ctx):
+            super().on_step_end(ctx)
+            if ctx.step == stop_step and ctx.total_steps < trainer.PROBE_TOTAL_STEPS:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as mp:
+        mp.setitem(METHODS, name, Stopping)
+        with pytest.raises(Preempted):
+            pretrain(load_config(None, args + ["run.name=part"]), progress=False)
+
+
 def test_plan_counts_steps_hooks_monitors_and_checkpoints():
     # 1 s a step, 2 s an epoch hook, 3 s the final kNN monitor, 1 s a save (the final one and
     # best.pt after the final monitor), 10 epochs between saves: n + 2 E + 3 + 2 <= 58.2 s.
@@ -115,16 +131,7 @@ def test_a_budgeted_run_resumes_exactly_with_its_stored_plan(tmp_path, monkeypat
     full = pretrain(load_config(None, args + ["run.name=full"]), progress=False)
     assert full.fit.steps == 5
 
-    class Stopping(METHODS["byol"]):  # SIGTERM after step 4, inside the partial last epoch (not in the probe)
-        def on_step_end(self, ctx):
-            super().on_step_end(ctx)
-            if ctx.step == 4 and ctx.total_steps < trainer.PROBE_TOTAL_STEPS:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    with monkeypatch.context() as mp:
-        mp.setitem(METHODS, "byol", Stopping)
-        with pytest.raises(Preempted):
-            pretrain(load_config(None, args + ["run.name=part"]), progress=False)
+    preempted_run(monkeypatch, "byol", 4, args)  # inside the partial last epoch
     # Measured again, the costs would plan another length (here 11 steps): the stored plan is used.
     again = fixed_probe(monkeypatch, Costs(step_s=0.5))
     assert budget.plan_steps(budget_for(5), Costs(step_s=0.5), 3)[0] == 11
@@ -192,16 +199,7 @@ def test_a_run_slower_than_probed_is_re_planned_after_its_first_epoch_and_resume
     lrs = [r["lr"] for r in records if "lr" in r]
     assert lrs == pytest.approx(relaid(cosine_schedule(peak, 20, 2), 3, 6))
 
-    class Stopping(METHODS["byol"]):  # SIGTERM after step 4, after the re-plan
-        def on_step_end(self, ctx):
-            super().on_step_end(ctx)
-            if ctx.step == 4 and ctx.total_steps < trainer.PROBE_TOTAL_STEPS:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    with monkeypatch.context() as mp:
-        mp.setitem(METHODS, "byol", Stopping)
-        with pytest.raises(Preempted):
-            pretrain(load_config(None, args + ["run.name=part"]), progress=False)
+    preempted_run(monkeypatch, "byol", 4, args)  # after the re-plan
     resumed = pretrain(None, resume_dir=tmp_path / "part", progress=False)
     assert (resumed.fit.steps, resumed.fit.planned_steps) == (6, 6)
     a, b = full.method.state_dict(), resumed.method.state_dict()
@@ -294,16 +292,7 @@ def test_start_up_phases_are_capped_at_a_share_of_the_planned_steps_and_kept_on_
     estep_epochs = [r["epoch"] for r in _records(full.run_dir) if "nmi_prev" in r or "proto_nce" in r]
     assert estep_epochs and min(estep_epochs) == 1  # ProtoNCE from the second epoch, not the sixth
 
-    class Stopping(METHODS["pcl"]):  # SIGTERM in epoch 6, after the checkpoint at epoch 4
-        def on_step_end(self, ctx):
-            super().on_step_end(ctx)
-            if ctx.step == 16 and ctx.total_steps < trainer.PROBE_TOTAL_STEPS:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    with monkeypatch.context() as mp:
-        mp.setitem(METHODS, "pcl", Stopping)
-        with pytest.raises(Preempted):
-            pretrain(load_config(None, args + ["run.name=part"]), progress=False)
+    preempted_run(monkeypatch, "pcl", 16, args)  # in epoch 6, after the checkpoint at epoch 4
     resumed = pretrain(None, resume_dir=tmp_path / "part", progress=False)
     assert resumed.method.warmup_epochs == 1 and resumed.fit.steps == 30
     a, b = full.method.state_dict(), resumed.method.state_dict()

@@ -360,6 +360,9 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
         run_monitor(0)
         monitor_s = time.perf_counter() - t if monitor is not None else 0.0
     method.train()
+    # What a budget plans beside the steps (budget.plan_steps, budget.recheck).
+    planned_work = dict(knn_every=cfg.knn_every if monitor is not None else 0, checkpoint_every=cfg.checkpoint_every,
+                        checkpoint_every_steps=cfg.checkpoint_every_steps)
     if cfg.budget_minutes is not None and plan is None:
         costs = probe(method, model, loader, recipe, optimizer, aug_gen, cfg, probe_context,
                       save_to=scratch_save if run_dir is not None and dist.is_main() else None,
@@ -372,10 +375,8 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                 setattr(method, name, value)
             return method.hook_runs(e, n, steps_per_epoch)
 
-        planned, planned_epochs = budget.plan_steps(
-            cfg.budget_minutes, costs, steps_per_epoch, knn_every=cfg.knn_every if monitor is not None else 0,
-            checkpoint_every=cfg.checkpoint_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
-            hook_runs=hook_runs)
+        planned, planned_epochs = budget.plan_steps(cfg.budget_minutes, costs, steps_per_epoch, hook_runs=hook_runs,
+                                                    **planned_work)
         plan = {"budget_minutes": cfg.budget_minutes, "total_steps": planned, "epochs": planned_epochs,
                 "steps_per_epoch": steps_per_epoch, "step_seconds": costs.step_s, "costs": costs.to_dict(),
                 "warmup_steps": budget.warmup_steps(cfg.warmup_epochs, steps_per_epoch, planned),
@@ -404,13 +405,17 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
             setattr(method, name, value)
     else:
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    # One value per planned step: the last planned step takes the schedule's last (its floor). A
-    # re-planned run's schedule is rebuilt from its first plan and its re-plans (also on resume).
-    rechecks = plan.get("rechecks", []) if plan is not None else []
-    lr_schedule = cosine_schedule(peak, rechecks[0]["planned_steps"] if rechecks else run_steps, warmup,
-                                  final=cfg.min_lr * peak)
-    for change in rechecks:
-        lr_schedule = relaid(lr_schedule, max(change["step"], warmup), change["total_steps"])
+    def lr_values() -> list[float]:
+        """One value per planned step: the last planned step takes the schedule's last (its floor). A
+        re-planned run's schedule is its first plan's, relaid at each re-plan (live and on resume)."""
+        rechecks = plan.get("rechecks", []) if plan is not None else []
+        out = cosine_schedule(peak, rechecks[0]["planned_steps"] if rechecks else run_steps, warmup,
+                              final=cfg.min_lr * peak)
+        for change in rechecks:
+            out = relaid(out, max(change["step"], warmup), change["total_steps"])
+        return out
+
+    lr_schedule = lr_values()
     # A fresh budgeted run checks its plan at each epoch end until its first checkpoint (budget.recheck).
     rechecking = plan is not None and resume is None and cfg.max_steps is None
     trained_s = 0.0  # the epochs' step time so far, for the re-checks
@@ -514,9 +519,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                 costs = budget.Costs(**plan["costs"])
                 planned, planned_epochs = budget.recheck(
                     plan["budget_minutes"], costs, step_s, step, epoch + 1, elapsed_s, plan["total_steps"],
-                    steps_per_epoch, knn_every=cfg.knn_every if monitor is not None else 0,
-                    checkpoint_every=cfg.checkpoint_every, checkpoint_every_steps=cfg.checkpoint_every_steps,
-                    hook_runs=lambda e, n: method.hook_runs(e, n, steps_per_epoch))
+                    steps_per_epoch, hook_runs=lambda e, n: method.hook_runs(e, n, steps_per_epoch), **planned_work)
                 if planned != plan["total_steps"]:
                     change = {"step": step, "step_seconds": round(step_s, 6), "planned_steps": plan["total_steps"],
                               "total_steps": planned, "epochs": planned_epochs}
@@ -526,10 +529,10 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
                               f"re-planned {plan['total_steps']} -> {planned} steps = {planned_epochs} epochs",
                               flush=True)
                     plan["rechecks"] = plan.get("rechecks", []) + [change]
-                    lr_schedule = relaid(lr_schedule, max(step, warmup), planned)
                     plan.update(total_steps=planned, epochs=planned_epochs)
                     epochs, run_steps = planned_epochs, planned
                     total_steps = run_steps
+                    lr_schedule = lr_values()
             finished = epoch + 1 == epochs or step >= total_steps
             improved = False
             if monitor is not None and (finished or (cfg.knn_every and (epoch + 1) % cfg.knn_every == 0)):
