@@ -85,7 +85,7 @@ class _PixelEncoder(torch.nn.Sequential):
 
 def test_deepcluster_pseudo_labels_are_kmeans_of_whitened_features(digits):
     torch.manual_seed(0)
-    m = DeepCluster(_backbone(), dataset_size=N, num_clusters=8, pca_dim=16)
+    m = DeepCluster(_backbone(), dataset_size=N, num_clusters=8, pca_dim=16, balance="reweight")
     ctx = _ctx(digits, epoch=3)
     m.on_epoch_start(ctx)
     # The reference path: features by the evaluation code, then the paper's PCA-whitening + L2 + k-means.
@@ -98,13 +98,37 @@ def test_deepcluster_pseudo_labels_are_kmeans_of_whitened_features(digits):
     assert "nmi_prev" not in ctx.log  # no previous clustering yet
     assert ctx.log["empty_clusters"] == 0
 
-    # The loss re-weights each image by N / (k |c|), the stand-in for uniform sampling over clusters.
+    # balance="reweight": the loss weighs each image by N / (k |c|).
     views, index = _views(digits, "single")
     m.eval()  # fixed BatchNorm statistics, so the reference below sees the same features
     logits = m.classifier(m.backbone(views[0]))
     ce = F.cross_entropy(logits, direct[index], reduction="none")
     expected = (ce * (N / (8 * sizes))[direct[index]]).mean()
     assert torch.allclose(m.training_step(views, index)["loss"], expected)
+
+
+def test_deepcluster_samples_each_epoch_uniformly_over_its_clusters():
+    n, k = 1000, 10
+    m = DeepCluster(_backbone(), dataset_size=n, num_clusters=k, pca_dim=16)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(m.epoch_order(order), order)  # no clustering yet: the loader's order
+    # Clusters of 1 to 400 images, and two empty ones.
+    sizes = [400, 250, 150, 100, 50, 30, 15, 4, 1, 0]
+    m.assignments.copy_(torch.repeat_interleave(torch.arange(k), torch.tensor(sizes)))
+    picked = m.epoch_order(order)
+    assert picked.shape == (n,) and torch.equal(m.epoch_order(order), picked)  # a function of order and buffers
+    per_cluster = torch.bincount(m.assignments[picked], minlength=k)
+    assert per_cluster[:9].min() >= n // 9 and per_cluster[:9].max() <= n // 9 + 1 and per_cluster[9] == 0
+    for c in range(9):  # big clusters: distinct images; small ones: each member about equally often
+        seen = torch.bincount(picked[m.assignments[picked] == c], minlength=n)[m.assignments == c]
+        assert seen.max() - seen.min() <= 1 and (seen.sum() == per_cluster[c])
+    assert not torch.equal(picked[:50], picked.sort().values[:50])  # shuffled, not grouped by cluster
+    for balance in ("reweight", "none"):
+        other = DeepCluster(_backbone(), dataset_size=n, num_clusters=k, pca_dim=16, balance=balance)
+        other.assignments.copy_(m.assignments)
+        assert torch.equal(other.epoch_order(order), order)
+    with pytest.raises(SelfSupError, match="balance"):
+        DeepCluster(_backbone(), dataset_size=n, num_clusters=k, pca_dim=16, balance="uniform")
 
 
 def test_deepcluster_reinitialises_the_classifier_and_its_optimizer_state(digits):

@@ -148,3 +148,17 @@ def test_loader_shards_one_global_batch_across_ranks_and_resumes():
     assert torch.equal(list(one.iter_from(1))[0][2], full[1])
     with pytest.raises(SelfSupError, match="fewer than one batch"):
         BatchLoader(ds, 32)
+
+
+def test_loader_batches_the_methods_epoch_order():
+    ds = ArrayDataset(torch.zeros(20, 3, 4, 4, dtype=torch.uint8), torch.arange(20), [])
+    loader = BatchLoader(ds, 8, seed=3)
+    loader.set_epoch(1)
+    order = loader.order()
+    loader.reorder = lambda o: o.flip(0) % 5  # a method's own sampling: repeats allowed
+    batches = [i for _, _, i in loader]
+    assert torch.equal(torch.cat(batches), (order.flip(0) % 5)[:16])  # drop_last: two batches of 8
+    assert torch.equal(list(loader.iter_from(1))[0][2], batches[1])  # and a mid-epoch resume sees the same
+    loader.reorder = lambda o: o[:10]
+    with pytest.raises(SelfSupError, match="one index per image"):
+        list(loader)

@@ -11,7 +11,7 @@ even though workers are separate processes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -39,6 +39,8 @@ class BatchLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.num_workers, self.device, self.pin_memory = num_workers, torch.device(device), pin_memory
         self.epoch = 0
+        # Maps the epoch's permutation to the indices batched (Method.epoch_order; the trainer sets it).
+        self.reorder: Callable[[Tensor], Tensor] | None = None
         self.failed: set[int] = set()  # data set indices whose file could not be read (folders only)
         self._images = None
         if isinstance(dataset, ArrayDataset):
@@ -63,6 +65,11 @@ class BatchLoader:
 
     def _shards(self, start_batch: int) -> list[Tensor]:
         order = self.order()
+        if self.reorder is not None:
+            order = self.reorder(order)
+            if order.shape != (len(self.dataset),):
+                raise SelfSupError(f"the method's epoch_order returned {tuple(order.shape)} indices for a data set "
+                                   f"of {len(self.dataset)}; it must return one index per image")
         gb = self.batch_size * self.world_size
         out = []
         for b in range(start_batch, len(self)):

@@ -79,6 +79,14 @@ class Method(nn.Module):
     def on_step_end(self, ctx: Context) -> None:
         """Called after each optimizer step (EMA/momentum updates, queue pushes)."""
 
+    def epoch_order(self, order: Tensor) -> Tensor:
+        """The data set indices of the current epoch, in the order they are batched, given the
+        loader's shuffled permutation ``order`` (N,). The default keeps it; a method that samples
+        its own way (DeepCluster, uniformly over its clusters) returns another N indices. Called
+        after ``on_epoch_start`` and again on a mid-epoch resume, so it must depend only on
+        ``order`` and buffers."""
+        return order
+
     # For train.budget_minutes: the trainer's probe times one on_epoch_start call at this epoch
     # (step 0) as the cost of the hooks' costly work, and plans it hook_runs(...) times.
     hook_probe_epoch: int = 0

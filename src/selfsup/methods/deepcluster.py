@@ -28,10 +28,12 @@ Where we deviate (CIFAR scale, shared trainer):
   weakened by the colour jitter and random grayscale of our view recipe. With ``sobel=True`` the
   backbone's first convolution takes the two Sobel channels and the fixed filter becomes part of
   ``backbone``, so evaluation sees the same network.
-- Balancing: the trainer's sampler is shared by every method, so instead of sampling uniformly
-  over clusters each image's loss is weighted by N / (k |c|) for its cluster c. In expectation
-  over the data this is the loss under uniform sampling over clusters (then uniform within a
-  cluster), the paper's estimator; only the variance differs.
+- Balancing (``balance``): ``"sample"`` (default) is the paper's and the authors' sampler: each
+  epoch's N images are drawn uniformly over the clusters (N/k per cluster, small clusters
+  repeated), through ``epoch_order``. ``"reweight"`` keeps the loader's order and weights each
+  image's loss by N / (k |c|): the same expectation, but uncapped, so an image of a 5-image
+  cluster weighs 100 when k = 100 and N = 50,000 and can carry a large share of its batch's
+  gradient. ``"none"``: neither.
 - Every view the recipe gives is classified into its image's pseudo-label (the mean loss over
   views); with the ``single`` recipe this is the paper's one view per image.
 - k-means runs in torch (``backend`` picks faiss if installed), seeded with ``seed + epoch``.
@@ -92,13 +94,16 @@ class SobelEncoder(nn.Module):
 
 class DeepCluster(Method):
     def __init__(self, backbone: nn.Module, dataset_size: int = 0, num_clusters: int = 100, pca_dim: int = 128,
-                 kmeans_iterations: int = 20, sobel: bool = False, reweight: bool = True, seed: int = 0,
+                 kmeans_iterations: int = 20, sobel: bool = False, balance: str = "sample", seed: int = 0,
                  backend: str = "torch"):
         if sobel:
             backbone = SobelEncoder(backbone)
         super().__init__(backbone)
         if num_clusters < 2:
             raise SelfSupError(f"DeepCluster num_clusters must be at least 2, got {num_clusters}")
+        if balance not in ("sample", "reweight", "none"):
+            raise SelfSupError(f"DeepCluster balance must be 'sample' (the paper: uniform over clusters), 'reweight' "
+                               f"(loss weight N/(k|c|)) or 'none', got {balance!r}")
         if not 1 <= pca_dim <= backbone.out_dim:
             raise SelfSupError(f"DeepCluster pca_dim={pca_dim} must be between 1 and the backbone's feature "
                                f"dimension {backbone.out_dim}; set method.pca_dim <= {backbone.out_dim}")
@@ -106,7 +111,7 @@ class DeepCluster(Method):
             raise SelfSupError(f"DeepCluster num_clusters={num_clusters} exceeds the {dataset_size} training "
                                "images; lower method.num_clusters")
         self.num_clusters, self.pca_dim, self.kmeans_iterations = num_clusters, pca_dim, kmeans_iterations
-        self.reweight, self.seed, self.backend = reweight, seed, backend
+        self.balance, self.seed, self.backend = balance, seed, backend
         self.classifier = nn.Linear(backbone.out_dim, num_clusters)
         self._init_classifier(0)
         # -1: no clustering yet. One pseudo-label per data set index, and the loss weight of each cluster.
@@ -148,12 +153,32 @@ class DeepCluster(Method):
                 ctx.optimizer.state.pop(p, None)
         ctx.log.update(assignment_log(self.assignments, previous, labels, self.num_clusters))
 
+    def epoch_order(self, order: Tensor) -> Tensor:
+        """With ``balance="sample"``: the epoch's N images drawn uniformly over the non-empty
+        clusters, as the authors' sampler does: each cluster gets N/k' slots (k' non-empty
+        clusters; the first N mod k' one more), filled with its members in the shuffled order
+        ``order``, cycling through them again when the cluster is smaller; the N picks are then
+        shuffled by ``order``."""
+        if self.balance != "sample" or bool((self.assignments < 0).any()):
+            return order
+        n = order.numel()
+        labels = self.assignments[order]
+        by_cluster = torch.argsort(labels, stable=True)
+        members = order[by_cluster]  # each cluster's images, in the shuffled order
+        counts = torch.bincount(labels, minlength=self.num_clusters)
+        starts = torch.cumsum(counts, 0) - counts
+        nonempty = torch.nonzero(counts).squeeze(1)
+        slot = torch.arange(n)
+        cluster = nonempty[slot % len(nonempty)]
+        picks = members[starts[cluster] + (slot // len(nonempty)) % counts[cluster]]
+        return picks[order]
+
     def training_step(self, views: list[Tensor], index: Tensor) -> dict[str, Tensor]:
         targets = self.assignments[index]
         if bool((targets < 0).any()):
             raise SelfSupError("DeepCluster has no pseudo-labels for these images yet: its E-step runs in "
                                "on_epoch_start (the trainer calls it before every epoch)")
-        weights = self.cluster_weights[targets] if self.reweight else None
+        weights = self.cluster_weights[targets] if self.balance == "reweight" else None
         losses = []
         for v in views:
             ce = F.cross_entropy(self.classifier(self.backbone(v)), targets, reduction="none")
