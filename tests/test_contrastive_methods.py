@@ -189,6 +189,24 @@ def test_instdisc_logs_the_current_z_over_the_fixed_one():
     assert out["z_ratio"] > 100
 
 
+def test_instdisc_z_momentum_moves_z_towards_todays_estimate():
+    torch.manual_seed(0)
+    method = InstDisc(_tiny_backbone(), dataset_size=50, noise_samples=8, z_momentum=0.9)
+    x = _views(n=6)[0]
+    method([x], torch.arange(6))  # the first step estimates Z, then tracks it (ratio 1 up to noise)
+    method.normalization_constant.mul_(1e-3)  # a Z 1000x too small
+    z_before = method.normalization_constant.clone()
+    out = method([x], torch.arange(6, 12))
+    ratio = out["z_ratio"]
+    assert ratio > 100  # logged before tracking: how far off the Z used so far was
+    assert torch.allclose(method.normalization_constant, z_before * (0.9 + 0.1 * ratio), rtol=1e-5)
+    for _ in range(60):
+        out = method([x], torch.arange(6))
+    assert 0.5 < float(out["z_ratio"]) < 2  # tracked: the estimate and Z agree again
+    with pytest.raises(SelfSupError, match="z_momentum"):
+        InstDisc(_tiny_backbone(), dataset_size=50, z_momentum=1.5)
+
+
 def test_instdisc_bank_init_from_features_fills_every_row_once():
     method = InstDisc(_tiny_backbone(), dataset_size=10, noise_samples=4, bank_init="features")
     images, index = torch.randn(10, 3, 16, 16), torch.arange(10)

@@ -5,9 +5,10 @@ Every image is its own class. The network maps an augmented image to a 128-d uni
 memory bank V holds one unit vector per image and stands in for the classifier weights, so the
 probability of instance i is exp(v_i.f / tau) / Z (Eq. 2-3, non-parametric softmax). NCE
 approximates it with m noise rows drawn uniformly from the bank (Eq. 4-6); Z is estimated once by
-Monte Carlo on the first iteration (Eq. 8) and then kept, as a buffer so that a resumed run keeps
-it too. The proximal term lambda ||f_i - v_i||^2 (Eq. 10, v_i being the bank row before this
-step's update) damps the oscillation of rows that are visited once per epoch. After each step the
+Monte Carlo on the first iteration (Eq. 8) and then kept (``z_momentum=1``; below 1 it tracks its
+estimate, see below), as a buffer so that a resumed run keeps it too. The proximal term
+lambda ||f_i - v_i||^2 (Eq. 10, v_i being the bank row before this step's update) damps the
+oscillation of rows that are visited once per epoch. After each step the
 bank rows of the batch become normalize(0.5 v_i + 0.5 f_i).
 
 Paper defaults: 128-d, tau 0.07, bank momentum 0.5, m = 4096 noise samples, SGD lr 0.03 x B/256,
@@ -18,24 +19,33 @@ so set 0 to match it. m stays 4096 at CIFAR scale, where the bank holds 50000 ro
 images (the digits tests), pass a smaller ``noise_samples``. One augmented view per image
 (``views.options.num_views: 1``); a second view, if given, is ignored.
 
+Why NCE with the paper's Z fails at our budgets, and ``z_momentum``. Z is estimated once, at the
+first step, against the random bank. Untrained embeddings are nearly parallel, so once the bank
+holds them the true n E_j[exp(v_j.f / tau)] is hundreds to thousands of times larger (``z_ratio``,
+logged: today's estimate over the Z in use). Every noise row above cosine ~0.5 is then scored as
+far too probable, the noise term dominates and the positive term saturates. Measured:
+- digits (16 px, width 1/8, m = 512, batch 64, 20 epochs; kNN k = 20, random init 68.5): kNN 82.2
+  after 5 epochs, then 24.5 and 13.4 (collapse) as z_ratio grows into the thousands;
+- CIFAR-10, the full train split (m Pn = 4096 / 50,000 = 0.08, the paper's regime, so the small
+  bank of our earlier 10,000-image runs, m Pn = 0.41, was not the cause), 30-minute budget, 7
+  epochs: z_ratio 340 after epoch 1, 4,000-6,000 by the end, NCE loss rising 200 -> 1,000 per
+  sample; kNN (k = 200, T = 0.1) 21.83 against 29.24 at random init.
+``z_momentum`` < 1 (not in the paper) keeps Z tracking its Monte-Carlo estimate, Z <- m Z + (1 - m)
+Z_t, with Z_t from 64 noise draws per row (the draws already taken for ``z_ratio``), before each
+step's loss. With 0.99 the digits run above learns steadily instead (kNN 69.4, 76.3, 78.3, 78.8
+after epochs 5-20; z_ratio settles near 1.3), so the CIFAR recipe sets 0.99 for ``loss="nce"``;
+see BENCHMARKS.md for CIFAR-10. The authors' release (lemniscate) fixes Z once, as the paper does,
+and trains 200 epochs; its CIFAR script defaults to the softmax (``--nce-k 0``), with tau 0.1 and
+lr 0.03 at batch 128.
+
 ``bank_init="features"`` (not in the paper, whose bank starts as random unit vectors) fills the
 bank with the untrained network's embeddings of the unaugmented images before the first step, so
-that the first step's estimate of Z is taken against real features. Why that matters, measured on
-the digits (16 px, width 1/8, m = 512, 20-30 epochs; kNN top-1 of the random-init encoder 68.5):
-the untrained embeddings are nearly parallel, so once the bank holds them the true
-n E_j[exp(v_j.f / tau)] is about 1400 times the value estimated against the random bank (Z/n 2275
-against 1.66). With the paper's Z every noise row above cosine ~0.5 is scored as far too probable,
-the noise term dominates (NCE loss 270 -> 690 per sample over 30 epochs) and the embedding degrades
-(kNN 52 -> 43). A random bank with the larger Z learns (64 -> 88 in 20 epochs), as does
-``bank_init="features"`` (67 -> 86), which gets that Z by itself. Even so, NCE at this
-scale is sensitive to the lr: from a feature-initialized bank, 4 x the lr (SGD 0.03 at batch 64)
-or LARS at 1.0 peaked after one epoch and then fell below random init. On CIFAR-10 (10,000 images,
-width 0.25, batch 256) NCE ended below random init after 4 epochs with the paper's settings,
-the authors' CIFAR script's (tau 0.1, no proximal term, lr 0.1 at batch 128) and a
-feature-initialized bank, and collapsed to chance by epoch 16 with the paper's; the softmax
-learned (+3.95 kNN in 4 epochs), so the CIFAR recipe uses it. An NCE run logs ``z_ratio``, the
-current estimate of Z over the fixed one, so that a mis-scaled Z shows in the log. The paper
-trains full-width networks for 200 epochs, which we have not run.
+that the first step's estimate of Z is taken against real features (Z/n 2275 against 1.66 on the
+digits). On the digits it learned (67 -> 86 in 20 epochs, m = 512), but NCE from it was sensitive
+to the lr (4 x the lr, or LARS at 1.0, peaked after one epoch and fell below random init), and on
+10,000 CIFAR-10 images it ended below random init after 4 epochs; the softmax learned there
+(+3.95 kNN in 4 epochs), which is why the CIFAR recipe uses the softmax. The paper trains
+full-width networks for 200 epochs, which we have not run.
 """
 
 from __future__ import annotations
@@ -59,7 +69,8 @@ from selfsup.negatives import MemoryBank
 class InstDisc(Method):
     def __init__(self, backbone: nn.Module, embedding_dim: int = 128, temperature: float = 0.07,
                  loss: str = "nce", noise_samples: int = 4096, bank_momentum: float = 0.5,
-                 proximal_lambda: float = 30.0, bank_init: str = "random", dataset_size: int = 0):
+                 proximal_lambda: float = 30.0, bank_init: str = "random", z_momentum: float = 1.0,
+                 dataset_size: int = 0):
         super().__init__(backbone)
         if loss not in ("nce", "softmax"):
             raise SelfSupError(f"InstDisc loss must be 'nce' or 'softmax', got {loss!r}")
@@ -68,6 +79,8 @@ class InstDisc(Method):
                                "fills it in; pass dataset_size=len(dataset) when building the method by hand)")
         if loss == "nce" and not 1 <= noise_samples:
             raise SelfSupError(f"noise_samples must be >= 1, got {noise_samples}")
+        if not 0 <= z_momentum <= 1:
+            raise SelfSupError(f"z_momentum must be in [0, 1] (1: Z estimated once, the paper), got {z_momentum}")
         if bank_init not in ("random", "features"):
             raise SelfSupError(f"bank_init must be 'random' (the paper) or 'features', got {bank_init!r}")
         self.embedding = nn.Linear(backbone.out_dim, embedding_dim)
@@ -76,7 +89,7 @@ class InstDisc(Method):
         # Whether the bank still waits for bank_init="features"; a buffer, so a resumed run does not refill it.
         self.register_buffer("bank_pending", torch.tensor(bank_init == "features"))
         self.temperature, self.loss, self.noise_samples = temperature, loss, noise_samples
-        self.proximal_lambda = proximal_lambda
+        self.proximal_lambda, self.z_momentum = proximal_lambda, z_momentum
 
     def embed(self, x: Tensor) -> Tensor:
         return F.normalize(self.embedding(self.backbone(x)), dim=1)
@@ -106,11 +119,17 @@ class InstDisc(Method):
 
     def z_ratio(self, features: Tensor, memory: Tensor, noise: Tensor, columns: int = 64) -> Tensor:
         """Today's estimate of Z (from the first ``columns`` noise draws of each row) over the Z
-        fixed at the first step. Logged as ``z_ratio``. On the digits a run that learned
-        (feature-initialized bank) read 11 falling to 7; the runs that failed read hundreds and
-        growing (509, 3226, 32547 after epochs 1-3): the noise term is then scored as far too
-        probable and dominates."""
+        in use. Logged as ``z_ratio``. On the digits a run that learned (feature-initialized bank)
+        read 11 falling to 7; the runs that failed read hundreds and growing (509, 3226, 32547 after
+        epochs 1-3): the noise term is then scored as far too probable and dominates."""
         return self.estimate_z(features, memory, noise[:, :columns]) / self.normalization_constant
+
+    @torch.no_grad()
+    def track_z(self, ratio: Tensor) -> None:
+        """With ``z_momentum`` < 1, move Z towards today's estimate (``ratio`` = estimate / Z, the
+        ranks' mean): Z <- m Z + (1 - m) estimate."""
+        if self.z_momentum < 1:
+            self.normalization_constant.mul_(self.z_momentum + (1 - self.z_momentum) * ratio)
 
     def training_step(self, views: list[Tensor], index: Tensor) -> dict[str, Tensor]:
         f = self.embed(views[0]).float()
@@ -123,10 +142,13 @@ class InstDisc(Method):
             noise = dist.shard(self.bank.sample((f.shape[0] * dist.world_size(), self.noise_samples)))
             if float(self.normalization_constant) <= 0:
                 self.normalization_constant.copy_(dist.all_reduce_mean(self.estimate_z(f.detach(), memory, noise)))
+            ratio = dist.all_reduce_mean(self.z_ratio(f.detach(), memory, noise))
+            out["z_ratio"] = ratio  # before tracking: how far off the Z of the last step was
+            if self.training:
+                self.track_z(ratio)
             main = instdisc_nce_loss(f, memory, index, noise, self.temperature,
                                      normalization_constant=self.normalization_constant)
             out["normalization_constant"] = self.normalization_constant.clone()
-            out["z_ratio"] = self.z_ratio(f.detach(), memory, noise)
         out[self.loss] = main.detach()
         loss = main
         if self.proximal_lambda > 0:
