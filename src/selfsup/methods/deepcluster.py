@@ -22,7 +22,12 @@ Where we deviate (CIFAR scale, shared trainer):
 - k = 100 by default: ten times the classes of CIFAR-10, as k = 10,000 is for ImageNet, and
   500 images per cluster on CIFAR-10's 50,000.
 - ``pca_dim`` = 128 by default (ResNet-18 gives 512 features where AlexNet gave 4096; 256 of 4096
-  is the paper's ratio); it must not exceed the backbone's feature dimension.
+  is the paper's ratio); it must not exceed the backbone's feature dimension. At width 0.25 the
+  features are 128-d, so PCA then only rotates and whitens. Measured on the E-step's own terms
+  (k-means, k = 100, 20 iterations, on 10,000 CIFAR-10 training images, NMI with the labels) with a
+  SimCLR encoder of 10 epochs: whitening to 8, 16, 32, 64, 96 or 128 dimensions gives 0.208,
+  0.211, 0.206, 0.207, 0.208, 0.204, against 0.232 for L2-normalised features without PCA. The
+  dimension hardly matters; whitening itself costs 0.02-0.03, which we keep as the paper's step.
 - Sobel is an option (``sobel=True`` is the paper's setting), off by default: at 32 px the edge
   maps of a 3x3 Sobel keep little of the image, and the colour shortcut Sobel removes is also
   weakened by the colour jitter and random grayscale of our view recipe. With ``sobel=True`` the
