@@ -115,6 +115,7 @@ def main() -> None:
     record = {"recipe": a.recipe, "method": cfg.method["name"], "epochs": fit.epochs, "subset": a.subset or len(train),
               "width": a.width, "batch_size": a.batch_size, "overrides": a.overrides,
               "budget_minutes": a.budget_minutes, "steps": fit.steps,
+              "epochs_done": round(fit.steps / (len(train) // a.batch_size), 2),  # full batches an epoch
               "images_per_s": round(fit.steps * a.batch_size / wall, 1), "knn_temperature": a.knn_temperature,
               **({} if a.no_linear else {"linear_top1": round(trained["linear_top1"], 2),
                                           "random_init_linear_top1": round(random_init["linear_top1"], 2)}),

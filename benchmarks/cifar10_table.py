@@ -44,7 +44,8 @@ def budget_table(rows: list[dict]) -> None:
     for r in sorted(rows, key=family_order):
         linear = r.get("linear_top1")
         linear_cell = "-" if linear is None else f"{linear:.2f} ({r['random_init_linear_top1']:.2f})"
-        print(f"| {r['method']} | {' '.join(r['overrides']) or '-'} | {r['epochs']} | {r['steps']} | "
+        epochs = r.get("epochs_done", r["steps"] / (r["subset"] // r["batch_size"]))
+        print(f"| {r['method']} | {' '.join(r['overrides']) or '-'} | {epochs:.1f} | {r['steps']} | "
               f"{r['images_per_s']:.0f} | {r['knn_top1']:.2f} ({r['random_init_knn_top1']:.2f}) | "
               f"{r['knn_top1'] - r['random_init_knn_top1']:+.2f} | {linear_cell} | "
               f"{r['test_kmeans_nmi']:.3f} ({r['random_init_test_kmeans_nmi']:.3f}) | "
