@@ -167,7 +167,7 @@ class DeepCluster(Method):
         if self.balance != "sample" or bool((self.assignments < 0).any()):
             return order
         n = order.numel()
-        labels = self.assignments[order]
+        labels = self.assignments.to(order.device)[order]  # the loader's order lives on the CPU
         by_cluster = torch.argsort(labels, stable=True)
         members = order[by_cluster]  # each cluster's images, in the shuffled order
         counts = torch.bincount(labels, minlength=self.num_clusters)
