@@ -253,7 +253,7 @@ def fit(method: Method, loader: BatchLoader, recipe: ViewRecipe, cfg: TrainConfi
     epochs, run_steps = cfg.epochs, steps_per_epoch * cfg.epochs
     total_steps = run_steps if cfg.max_steps is None else min(run_steps, cfg.max_steps)
     global_batch = loader.batch_size * loader.world_size * cfg.accumulate
-    loader.reorder = method.epoch_order  # the method may sample its own epoch (DeepCluster over clusters)
+    loader.reorder = getattr(method, "epoch_order", None)  # a method may sample its own epoch (DeepCluster)
     peak = scaled_lr(cfg.lr, global_batch, cfg.lr_scaling)
     optimizer = build_optimizer(cfg.optimizer, method, peak, cfg.weight_decay, cfg.momentum)
     model: nn.Module = method
