@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from throughput import cpu_name
 
 from selfsup.config import load_config
 from selfsup.eval.clustering import cluster_eval
@@ -55,17 +55,6 @@ def evaluate(cfg, backbone, train, test, temperature: float, linear: bool) -> di
     if linear:
         out["linear_top1"] = linear_probe(f_tr, y_tr, f_te, y_te)["top1"]
     return out
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def own_nmi(run_dir: Path) -> float | None:

@@ -28,9 +28,11 @@ def fmt(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+RANK = {name: i for i, name in enumerate(ORDER)}
+
+
 def family_order(r: dict) -> int:
-    rank = {name: i for i, name in enumerate(ORDER)}
-    return rank.get(r["method"], len(ORDER))
+    return RANK.get(r["method"], len(ORDER))
 
 
 def budget_table(rows: list[dict]) -> None:

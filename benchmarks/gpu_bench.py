@@ -73,7 +73,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
-from throughput import measure
+from throughput import cpu_name, measure
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from selfsup.config import load_config
@@ -575,13 +575,7 @@ def markdown(doc: dict) -> str:
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

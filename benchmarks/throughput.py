@@ -24,6 +24,7 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -82,6 +83,18 @@ def measure(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
         "split": {k: round(v / total, 4) for k, v in res.timing.items()},
         "seconds": {k: round(v, 3) for k, v in res.timing.items()},
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows. Shared by the
+    benchmarks that record their machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
