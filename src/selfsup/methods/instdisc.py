@@ -40,9 +40,9 @@ linear 36.38 (+2.03). Its log says why: z_ratio falls to 1.03, but the NCE loss 
 next to the 9.32 = log(m + 1) + m log(1 + 1/m) of a collapsed embedding (every score equal), and
 the proximal term falls to 0.24. Tracking Z removes the blow-up; NCE then drifts towards that
 stationary point instead of learning. Not yet tried at CIFAR scale: tau 0.1 and no proximal
-term (the authors' script), a smaller lr. The authors' release (lemniscate) fixes Z once, as the paper does,
-and trains 200 epochs; its CIFAR script defaults to the softmax (``--nce-k 0``), with tau 0.1 and
-lr 0.03 at batch 128.
+term (the authors' script), a smaller lr. The authors' release (lemniscate) fixes Z once, as the
+paper does, and trains 200 epochs; its CIFAR script defaults to the softmax (``--nce-k 0``), with
+tau 0.1 and lr 0.03 at batch 128.
 
 ``bank_init="features"`` (not in the paper, whose bank starts as random unit vectors) fills the
 bank with the untrained network's embeddings of the unaugmented images before the first step, so
@@ -132,10 +132,9 @@ class InstDisc(Method):
 
     @torch.no_grad()
     def track_z(self, ratio: Tensor) -> None:
-        """With ``z_momentum`` < 1, move Z towards today's estimate (``ratio`` = estimate / Z, the
-        ranks' mean): Z <- m Z + (1 - m) estimate."""
-        if self.z_momentum < 1:
-            self.normalization_constant.mul_(self.z_momentum + (1 - self.z_momentum) * ratio)
+        """Move Z towards today's estimate (``ratio`` = estimate / Z, the ranks' mean, so that every
+        rank keeps the same Z): Z <- m Z + (1 - m) estimate, m = ``z_momentum``."""
+        self.normalization_constant.mul_(self.z_momentum + (1 - self.z_momentum) * ratio)
 
     def training_step(self, views: list[Tensor], index: Tensor) -> dict[str, Tensor]:
         f = self.embed(views[0]).float()
@@ -148,10 +147,10 @@ class InstDisc(Method):
             noise = dist.shard(self.bank.sample((f.shape[0] * dist.world_size(), self.noise_samples)))
             if float(self.normalization_constant) <= 0:
                 self.normalization_constant.copy_(dist.all_reduce_mean(self.estimate_z(f.detach(), memory, noise)))
-            ratio = dist.all_reduce_mean(self.z_ratio(f.detach(), memory, noise))
+            ratio = self.z_ratio(f.detach(), memory, noise)
             out["z_ratio"] = ratio  # before tracking: how far off the Z of the last step was
-            if self.training:
-                self.track_z(ratio)
+            if self.training and self.z_momentum < 1:  # the paper's fixed Z needs no collective here
+                self.track_z(dist.all_reduce_mean(ratio))
             main = instdisc_nce_loss(f, memory, index, noise, self.temperature,
                                      normalization_constant=self.normalization_constant)
             out["normalization_constant"] = self.normalization_constant.clone()
