@@ -89,6 +89,30 @@ def test_counting_loss_matches_naive_loop():
     assert math.isclose(terms.loss.item(), (sum(eqs) + sum(cons)) / b, rel_tol=1e-12)
 
 
+def test_counting_loss_per_count_matches_naive_loop():
+    b, t, d, margin = 6, 4, 3, 2.0
+    down, tiles, other = _randn(b, d, seed=1), _randn(b, t, d, seed=2), _randn(b, d, seed=3)
+    terms = counting_loss_terms(down, tiles, other, margin, per_count=True)
+    eqs, cons = [], []
+    for i in range(b):
+        for k in range(d):
+            total = sum(tiles[i, j, k].item() for j in range(t))
+            eqs.append((down[i, k].item() - total) ** 2)
+            cons.append(max(0.0, margin - (other[i, k].item() - total) ** 2))
+    assert 0 < sum(c > 0 for c in cons) < b * d  # both sides of each count's hinge are exercised
+    assert math.isclose(terms.equivariance.item(), sum(eqs) / (b * d), rel_tol=1e-12)
+    assert math.isclose(terms.contrastive.item(), sum(cons) / (b * d), rel_tol=1e-12)
+    assert math.isclose(terms.loss.item(), (sum(eqs) + sum(cons)) / (b * d), rel_tol=1e-12)
+    # With a single count the two forms agree.
+    one = [counting_loss_terms(down[:, :1], tiles[:, :, :1], other[:, :1], margin, per_count=p).loss for p in (0, 1)]
+    assert torch.allclose(*one)
+
+
+def test_counting_hinge_is_checked():
+    with pytest.raises(SelfSupError, match="hinge"):
+        Counting(ResNet("resnet18", "cifar", 0.125), hinge="norm")
+
+
 def test_counting_pairs_stay_within_even_shards():
     assert partner_index(6).tolist() == [1, 0, 3, 2, 5, 4]
     assert partner_index(5).tolist() == [1, 0, 3, 2, 0]

@@ -31,6 +31,15 @@ in most seeds; a BatchNorm before the ReLU, a softplus instead of it, lr warm-up
 decay did not prevent that, Adam at lr 1e-4 to 1e-3 did. ``active_counts`` (the percentage of
 count entries above 0) is logged so that a run shows which case it is in.
 
+``hinge``: with the paper's hinge on the squared norm of the whole count vector (``"vector"``), a
+single count that differs by sqrt(M) between two images satisfies it, and the clipped runs do
+keep only about 1% of the counts active (digits, 6 epochs at lr 0.1 with 128 counts: 0.83%; on
+10,000 CIFAR-10 images 0.1% after 4 epochs). ``"count"`` takes the hinge on each count and both
+terms as means over the counts, the form of a public TensorFlow reimplementation
+(clvrai/Representation-Learning-by-Learning-to-Count), so that every count must tell the two
+images apart: on the same digits run 52% of the counts stay active and kNN ends at 84.4 against
+83.8 (random init 68.5). The recipe keeps the paper's form until the CIFAR-10 table compares them.
+
 Paper defaults: AlexNet on 114 px tiles of a 228 px crop (phi's last layer fc 1000 + ReLU), M =
 10. Deviations: a ResNet backbone with an MLP head; with ``views.size`` = 32 the tiles and D(x)
 are 16 px, so the encoder trains at half the resolution it is evaluated at (the paper's AlexNet
@@ -46,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.data.pretext import counting_tiles, random_downsample, random_grayscale
+from selfsup.errors import SelfSupError
 from selfsup.losses import counting_loss_terms
 from selfsup.methods.base import Method
 from selfsup.models import MLP
@@ -62,11 +72,14 @@ def partner_index(b: int, device: torch.device | str | None = None) -> Tensor:
 
 class Counting(Method):
     def __init__(self, backbone: nn.Module, count_dim: int = 1000, hidden_dim: int = 2048, margin: float = 10.0,
-                 grayscale_p: float = 0.3):
+                 grayscale_p: float = 0.3, hinge: str = "vector"):
         super().__init__(backbone)
         if not 0 <= grayscale_p <= 1:
             raise ValueError(f"grayscale_p must be a probability, got {grayscale_p}")
-        self.margin, self.grayscale_p = margin, grayscale_p
+        if hinge not in ("vector", "count"):
+            raise SelfSupError(f"counting hinge must be 'vector' (the paper: on the squared norm of the count "
+                               f"vector) or 'count' (on each count), got {hinge!r}")
+        self.margin, self.grayscale_p, self.hinge = margin, grayscale_p, hinge
         self.counter = nn.Sequential(MLP(backbone.out_dim, hidden_dim, count_dim, layers=2), nn.ReLU())
 
     def training_step(self, views: list[Tensor], index: Tensor) -> dict[str, Tensor]:
@@ -79,7 +92,8 @@ class Counting(Method):
         down = random_downsample(x, tuple(tiles.shape[-2:]), per_sample=True)
         phi = self.counter(self.backbone(torch.cat((down, tiles.flatten(0, 1))))).float()
         phi_down, phi_tiles = phi[:b], phi[b:].view(b, 4, -1)
-        terms = counting_loss_terms(phi_down, phi_tiles, phi_down[partner_index(b, x.device)], self.margin)
+        terms = counting_loss_terms(phi_down, phi_tiles, phi_down[partner_index(b, x.device)], self.margin,
+                                    per_count=self.hinge == "count")
         with torch.no_grad():
             active = (phi > 0).float().mean() * 100
         return {"loss": terms.loss, "equivariance": terms.equivariance, "contrastive": terms.contrastive,
