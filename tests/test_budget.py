@@ -297,3 +297,17 @@ def test_start_up_phases_are_capped_at_a_share_of_the_planned_steps_and_kept_on_
     assert resumed.method.warmup_epochs == 1 and resumed.fit.steps == 30
     a, b = full.method.state_dict(), resumed.method.state_dict()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.parametrize("recipe", ["deepcluster", "sela", "pcl", "swav", "instdisc", "transitive"])
+def test_no_recipe_plans_more_than_one_costly_hook_pass_per_epoch_of_a_budgeted_run(recipe):
+    # A budget lays every schedule on the steps that fit; a recipe whose hook count is fixed for its
+    # own length (SeLa's 200 label updates for 200 epochs once was) would, in an 8-epoch budget,
+    # pass over the whole data set every few steps and not fit the budget at all.
+    from selfsup.train.pretrain import build_method
+
+    cfg = load_config(recipe, ["model.width=0.25"])
+    method = build_method(cfg, 2_000)
+    for epochs in (1, 8, 40):
+        steps = epochs * 195 - 50  # the last epoch partial, as a budget plans it
+        assert method.hook_runs(epochs, steps, 195) <= epochs, (recipe, epochs)

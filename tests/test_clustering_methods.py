@@ -269,7 +269,14 @@ def test_sela_cifar_recipe_takes_the_authors_cifar_script_settings():
     assert (m.lamb, m.sinkhorn_tol, m.label_schedule, m.relabel_heads) == (10.0, 0.01, "linear", "all")
     # One label update at the start of every epoch (195 steps of batch 256 per CIFAR-10 epoch).
     steps_per_epoch, epochs = 195, cfg.train.epochs
-    assert m.update_steps(steps_per_epoch * epochs) == [e * steps_per_epoch for e in range(epochs)]
+    assert m.update_steps(steps_per_epoch * epochs, steps_per_epoch) == [e * steps_per_epoch for e in range(epochs)]
+    # The rate holds for any length: a budget's 8 epochs and a partial ninth get one update at each epoch start.
+    assert m.update_steps(1619, steps_per_epoch) == [e * steps_per_epoch for e in range(9)]
+    assert m.hook_runs(9, 1619, steps_per_epoch) == 9
+    half = SeLa(_PixelEncoder(), dataset_size=N, num_clusters=8, label_schedule="linear", label_updates_per_epoch=0.5)
+    assert half.update_steps(50, 10) == [0, 20, 40] and half.update_steps(40, 10) == [0, 20]
+    with pytest.raises(SelfSupError, match="label_updates_per_epoch"):
+        SeLa(_PixelEncoder(), dataset_size=N, num_clusters=8, label_updates_per_epoch=0)
     # The defaults are the ImageNet code's.
     default = SeLa(_PixelEncoder(), dataset_size=N, num_clusters=8)
     assert (default.lamb, default.sinkhorn_tol, default.label_schedule, default.relabel_heads) == \

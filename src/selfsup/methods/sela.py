@@ -17,7 +17,11 @@ times during training, the first before the first training step, at steps spread
 ``label_schedule``: ``quadratic``, step T (j / U)^2 for j = 0..U-1 (denser early), or ``linear``,
 step T j / U (U = the number of epochs gives one update at the start of every epoch).
 ``relabel_heads``: ``all`` relabels every head at each update, ``one`` relabels one head per
-update, in turn (update j relabels head j mod H).
+update, in turn (update j relabels head j mod H). ``label_updates_per_epoch`` gives U as a rate
+instead: with the linear schedule an update every 1 / rate epochs (at epoch starts for a rate of
+1), with the quadratic one U = rate x the run's epochs. The CIFAR recipe's one per epoch then
+holds for any run length, a wall-clock budget's included (a fixed U = 200 laid on a 30-minute
+budget of 8 epochs would relabel every 8 steps, 25 full passes over the data per epoch).
 
 The authors' released code (github.com/yukimasano/self-label) has two set-ups, which differ:
 
@@ -63,6 +67,8 @@ averaged over the heads relabelled.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -79,7 +85,8 @@ RELABEL_HEADS = ("all", "one")
 class SeLa(Method):
     def __init__(self, backbone: nn.Module, dataset_size: int = 0, num_clusters: int = 128, num_heads: int = 4,
                  num_label_updates: int = 100, lamb: float = 25.0, sinkhorn_tol: float = 0.1,
-                 label_schedule: str = "quadratic", relabel_heads: str = "all", seed: int = 0):
+                 label_schedule: str = "quadratic", relabel_heads: str = "all", seed: int = 0,
+                 label_updates_per_epoch: float | None = None):
         super().__init__(backbone)
         if num_clusters < 2 or num_heads < 1 or num_label_updates < 1:
             raise SelfSupError(f"SeLa needs num_clusters >= 2, num_heads >= 1 and num_label_updates >= 1, got "
@@ -87,12 +94,15 @@ class SeLa(Method):
         if dataset_size and num_clusters > dataset_size:
             raise SelfSupError(f"SeLa num_clusters={num_clusters} exceeds the {dataset_size} training images; "
                                "lower method.num_clusters")
+        if label_updates_per_epoch is not None and not label_updates_per_epoch > 0:
+            raise SelfSupError(f"SeLa label_updates_per_epoch must be > 0 (or null: num_label_updates over the run), "
+                               f"got {label_updates_per_epoch}")
         if label_schedule not in LABEL_SCHEDULES:
             raise SelfSupError(f"SeLa label_schedule={label_schedule!r}; choose one of: {', '.join(LABEL_SCHEDULES)}")
         if relabel_heads not in RELABEL_HEADS:
             raise SelfSupError(f"SeLa relabel_heads={relabel_heads!r}; choose one of: {', '.join(RELABEL_HEADS)}")
         self.num_clusters, self.num_heads, self.num_label_updates = num_clusters, num_heads, num_label_updates
-        self.lamb, self.sinkhorn_tol = lamb, sinkhorn_tol
+        self.lamb, self.sinkhorn_tol, self.label_updates_per_epoch = lamb, sinkhorn_tol, label_updates_per_epoch
         self.label_schedule, self.relabel_heads = label_schedule, relabel_heads
         self.heads = nn.ModuleList(nn.Linear(backbone.out_dim, num_clusters) for _ in range(num_heads))
         # The paper's start: each head's labels a random permutation of an exact equipartition.
@@ -102,9 +112,20 @@ class SeLa(Method):
         self.register_buffer("labels", init)
         self.register_buffer("label_updates_done", torch.zeros((), dtype=torch.long))
 
-    def update_steps(self, total_steps: int) -> list[int]:
+    def label_updates(self, total_steps: int, steps_per_epoch: int | None = None) -> int:
+        """U of a run of ``total_steps`` steps: ``num_label_updates``, or, with a rate, the points
+        j x steps_per_epoch / rate that fall inside the run (the start of every epoch for 1)."""
+        if self.label_updates_per_epoch is None:
+            return self.num_label_updates
+        if not steps_per_epoch:
+            raise SelfSupError("SeLa with label_updates_per_epoch needs the run's steps per epoch")
+        return max(1, math.ceil(total_steps * self.label_updates_per_epoch / steps_per_epoch - 1e-9))
+
+    def update_steps(self, total_steps: int, steps_per_epoch: int | None = None) -> list[int]:
         """The optimizer steps before which the labels are re-optimised."""
-        u = self.num_label_updates
+        u = self.label_updates(total_steps, steps_per_epoch)
+        if self.label_updates_per_epoch is not None and self.label_schedule == "linear":
+            return [round(j * steps_per_epoch / self.label_updates_per_epoch) for j in range(u)]
         power = 2 if self.label_schedule == "quadratic" else 1
         return [total_steps * j**power // u**power for j in range(u)]  # exact: T j / U lands on epoch starts
 
@@ -116,7 +137,7 @@ class SeLa(Method):
 
     def _maybe_update(self, ctx: Context) -> None:
         done = int(self.label_updates_done)
-        schedule = self.update_steps(ctx.total_steps)
+        schedule = self.update_steps(ctx.total_steps, ctx.steps_per_epoch)
         if done < len(schedule) and ctx.step >= schedule[done]:
             # Several scheduled points may fall on one step of a short run: one pass over the data
             # serves them all (with relabel_heads=one, each point still relabels its own head).
@@ -125,7 +146,7 @@ class SeLa(Method):
             self.label_updates_done.fill_(reached)
 
     def hook_runs(self, epochs: int, total_steps: int, steps_per_epoch: int) -> int:
-        return len(set(self.update_steps(total_steps)))  # points on one step share an update
+        return len(set(self.update_steps(total_steps, steps_per_epoch)))  # points on one step share an update
 
     def on_epoch_start(self, ctx: Context) -> None:
         self._maybe_update(ctx)
