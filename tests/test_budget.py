@@ -24,7 +24,7 @@ from selfsup.train import budget, trainer
 from selfsup.train import checkpoint as ckpt
 from selfsup.train.budget import SAFETY, Costs, plan_steps, run_seconds
 from selfsup.train.optim import cosine_schedule, relaid, scaled_lr
-from selfsup.train.pretrain import pretrain
+from selfsup.train.pretrain import build_method, pretrain
 
 # 192 digits in batches of 64: 3 optimizer steps per epoch.
 BYOL = ["method.name=byol", "method.hidden_dim=64", "method.projection_dim=32"]  # an EMA over ctx.total_steps
@@ -304,8 +304,6 @@ def test_no_recipe_plans_more_than_one_costly_hook_pass_per_epoch_of_a_budgeted_
     # A budget lays every schedule on the steps that fit; a recipe whose hook count is fixed for its
     # own length (SeLa's 200 label updates for 200 epochs once was) would, in an 8-epoch budget,
     # pass over the whole data set every few steps and not fit the budget at all.
-    from selfsup.train.pretrain import build_method
-
     cfg = load_config(recipe, ["model.width=0.25"])
     method = build_method(cfg, 2_000)
     for epochs in (1, 8, 40):
