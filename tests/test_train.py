@@ -130,3 +130,26 @@ def test_gradient_accumulation_equals_the_large_batch():
     (w1, s1, seen1), (w2, s2, seen2) = results
     assert s1 == s2 == 6 and seen1 == seen2 == [1, 2, 3, 4, 5, 6]  # hooks run once per optimizer step
     assert torch.allclose(w1, w2, atol=1e-6)
+
+
+class _LogsAtEpochEnd(_IndexRegression):
+    """Logs a hook metric from on_step_end on the last step of each epoch (as SeLa's relabelling can): the
+    trainer takes the step's values after the hook, so the metric is that epoch's, not lost to the next."""
+
+    def on_step_end(self, ctx):
+        if ctx.step % ctx.steps_per_epoch == 0:
+            ctx.log["hook_value"] = float(ctx.step)
+
+
+def test_a_hook_metric_logged_by_an_epochs_last_step_lands_in_that_epochs_record():
+    from selfsup.config import TrainConfig
+    from selfsup.data.datasets import ArrayDataset
+    from selfsup.data.loader import BatchLoader
+    from selfsup.data.views import ViewRecipe
+    from selfsup.train import fit
+
+    ds = ArrayDataset(torch.zeros(64, 3, 2, 2, dtype=torch.uint8), torch.zeros(64, dtype=torch.long), [])
+    cfg = TrainConfig(epochs=3, batch_size=32, optimizer="sgd", lr=0.1, lr_scaling="none", warmup_epochs=0,
+                      weight_decay=0.0, precision="fp32")
+    res = fit(_LogsAtEpochEnd(), BatchLoader(ds, 32, seed=0), ViewRecipe([]), cfg, progress=False)
+    assert [h.get("hook_value") for h in res.history] == [2.0, 4.0, 6.0]
