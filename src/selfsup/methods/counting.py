@@ -60,6 +60,8 @@ from selfsup.losses import counting_loss_terms
 from selfsup.methods.base import Method
 from selfsup.models import MLP
 
+HINGES = ("vector", "count")  # on the count vector's squared norm (the paper), or on each count
+
 
 def partner_index(b: int, device: torch.device | str | None = None) -> Tensor:
     """The contrastive partner of each image of a batch of ``b``: i xor 1 (the last one pairs with
@@ -76,7 +78,7 @@ class Counting(Method):
         super().__init__(backbone)
         if not 0 <= grayscale_p <= 1:
             raise ValueError(f"grayscale_p must be a probability, got {grayscale_p}")
-        if hinge not in ("vector", "count"):
+        if hinge not in HINGES:
             raise SelfSupError(f"counting hinge must be 'vector' (the paper: on the squared norm of the count "
                                f"vector) or 'count' (on each count), got {hinge!r}")
         self.margin, self.grayscale_p, self.hinge = margin, grayscale_p, hinge
