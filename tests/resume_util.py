@@ -39,6 +39,8 @@ RESUME_CASES = {
              "method.freeze_prototypes_iters=2", "method.queue_length=128", "method.queue_start_epoch=1"],
     "instdisc": ["method.name=instdisc"],  # memory bank
     "deepcluster": ["method.name=deepcluster", "method.num_clusters=5", "method.pca_dim=8"],  # cluster state
+    # Labels relabelled at steps 0, 2, 3 (an epoch start) and 4: inside epochs and at a boundary.
+    "sela": ["method.name=sela", "method.num_clusters=5", "method.num_heads=2", "method.label_updates_per_epoch=2"],
 }
 
 TIMING_KEYS = ("images_per_s", "epoch_time_s")

@@ -219,6 +219,23 @@ def test_sela_labels_are_equipartitioned_and_updated_on_schedule(digits):
     assert torch.allclose(m.training_step(views, index)["loss"], expected) and torch.isfinite(out["loss"])
 
 
+def test_sela_update_on_an_epoch_start_runs_in_on_epoch_start_not_after_the_last_step(digits):
+    # The trainer times an epoch's steps, on_step_end included; a pass over the data there would be
+    # counted once as step time and once as a hook by a budget's re-check (the 30-minute SeLa row
+    # ended 6 minutes early that way).
+    m = SeLa(_PixelEncoder(), dataset_size=N, num_clusters=8, label_schedule="linear", label_updates_per_epoch=1)
+    m.on_epoch_start(_ctx(digits, step=0))
+    assert int(m.label_updates_done) == 1
+    m.on_step_end(_ctx(digits, step=10))  # the first epoch's last step (10 steps per epoch)
+    assert int(m.label_updates_done) == 1
+    m.on_epoch_start(_ctx(digits, epoch=1, step=10))
+    assert int(m.label_updates_done) == 2
+    half = SeLa(_PixelEncoder(), dataset_size=N, num_clusters=8, label_schedule="linear", label_updates_per_epoch=2)
+    half.on_epoch_start(_ctx(digits, step=0))
+    half.on_step_end(_ctx(digits, step=5))  # a point inside an epoch still runs after its step
+    assert int(half.label_updates_done) == 2
+
+
 def test_sela_label_step_solves_sinkhorn_on_the_heads_log_softmax(digits):
     torch.manual_seed(0)
     m = SeLa(_PixelEncoder(), dataset_size=N, num_clusters=8, num_heads=2, num_label_updates=2, lamb=25.0)
@@ -252,7 +269,7 @@ def test_sela_linear_schedule_relabels_one_head_per_update_in_turn(digits):
     m.on_step_end(_ctx(digits, step=25))
     assert not torch.equal(m.labels[1], start[1]) and torch.equal(m.labels[2], start[2])
     # Two scheduled points (steps 50 and 75) reached on one step: one pass relabels their heads, 2 and 0.
-    m.on_step_end(_ctx(digits, step=80))
+    m.on_step_end(_ctx(digits, step=81))  # not an epoch's start (10 steps per epoch): run after its step
     assert passes == [[0], [1], [0, 2]] and int(m.label_updates_done) == 4
     assert not torch.equal(m.labels[2], start[2])
     with pytest.raises(SelfSupError, match="label_schedule"):

@@ -152,6 +152,10 @@ class SeLa(Method):
         self._maybe_update(ctx)
 
     def on_step_end(self, ctx: Context) -> None:
+        # A point on an epoch's start is left to that epoch's on_epoch_start, so that the pass over the
+        # data is not timed as part of the previous epoch's steps (a budget's re-check would count it twice).
+        if ctx.steps_per_epoch and ctx.step % ctx.steps_per_epoch == 0:
+            return
         self._maybe_update(ctx)
 
     @torch.no_grad()
