@@ -19,9 +19,10 @@ step T j / U (U = the number of epochs gives one update at the start of every ep
 ``relabel_heads``: ``all`` relabels every head at each update, ``one`` relabels one head per
 update, in turn (update j relabels head j mod H). ``label_updates_per_epoch`` gives U as a rate
 instead: with the linear schedule an update every 1 / rate epochs (at epoch starts for a rate of
-1), with the quadratic one U = rate x the run's epochs, rounded up (a partial last epoch counts). The CIFAR recipe's one per epoch then
-holds for any run length, a wall-clock budget's included (a fixed U = 200 laid on a 30-minute
-budget of 8 epochs would relabel every 8 steps, 25 full passes over the data per epoch).
+1), with the quadratic one U = rate x the run's epochs, rounded up (a partial last epoch counts).
+The CIFAR recipe's one per epoch then holds for any run length, a wall-clock budget's included
+(a fixed U = 200 laid on a 30-minute budget of 8 epochs would relabel every 8 steps, 25 full
+passes over the data per epoch).
 
 The authors' released code (github.com/yukimasano/self-label) has two set-ups, which differ:
 
