@@ -95,6 +95,20 @@ def test_byol_recipe_is_asymmetric():
         build_recipe("byol", [0.5] * 3, [0.25] * 3, blur_p=[1.0, 0.1, 0.0])
 
 
+def test_single_recipe_has_no_colour_changes_unless_gray_p_asks_for_grayscale():
+    images = (torch.rand(64, 3, 32, 32, generator=gen(3)) * 255).to(torch.uint8)
+    mean, std = [0.5] * 3, [0.25] * 3
+
+    def grey_share(recipe):
+        (v,) = recipe(images, gen(1))
+        return (v.std(1) < 1e-6).flatten(1).all(1).float().mean().item()
+
+    assert build_recipe("single", mean, std).specs[0].jitter_p == 0.0
+    assert grey_share(build_recipe("single", mean, std)) == 0.0
+    assert grey_share(build_recipe("single", mean, std, gray_p=1.0)) == 1.0
+    assert 0.1 < grey_share(build_recipe("single", mean, std, gray_p=0.3)) < 0.5
+
+
 def test_recipe_errors_are_clear():
     with pytest.raises(SelfSupError, match="unknown view recipe"):
         build_recipe("nope", [0.5] * 3, [0.25] * 3)

@@ -178,9 +178,10 @@ def _per_global_view(p: float | Sequence[float], name: str, recipe: str = "multi
     raise SelfSupError(f"{recipe} {name}={p!r}: give one probability, or two (one per global view)")
 
 
-def single(size: int = 32, **kw) -> list[ViewSpec]:
-    """One lightly augmented view (crop 0.5-1 and flip, no colour changes), for pretext tasks."""
-    return [ViewSpec(size=size, scale=(0.5, 1.0), jitter_p=0.0, gray_p=0.0, **kw)]
+def single(size: int = 32, gray_p: float = 0.0, **kw) -> list[ViewSpec]:
+    """One lightly augmented view (crop 0.5-1 and flip, no colour jitter), for pretext tasks;
+    ``gray_p`` converts that share of the views to grayscale (jigsaw's paper: about 30%)."""
+    return [ViewSpec(size=size, scale=(0.5, 1.0), jitter_p=0.0, gray_p=gray_p, **kw)]
 
 
 def colorization(size: int = 32, **kw) -> list[ViewSpec]:
