@@ -57,6 +57,16 @@ def evaluate(cfg, backbone, train, test, temperature: float, linear: bool) -> di
     return out
 
 
+def append_record(out: Path, record: dict) -> None:
+    """Add the machine and date to ``record``, append it to the JSON lines file ``out``, print it."""
+    record |= {"machine": f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+               "date": time.strftime("%Y-%m-%d")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    print(json.dumps(record, indent=2))
+
+
 def own_nmi(run_dir: Path) -> float | None:
     """The last ``nmi_labels`` (a clustering method's pseudo-labels against the true labels) logged."""
     found = None
@@ -112,13 +122,8 @@ def main() -> None:
               "random_init_knn_top1": round(random_init["top1"], 2),
               "test_kmeans_nmi": round(trained["test_kmeans_nmi"], 4),
               "random_init_test_kmeans_nmi": round(random_init["test_kmeans_nmi"], 4),
-              "own_nmi_labels": own_nmi(result.run_dir), "pretrain_wall_min": round(wall / 60, 1),
-              "machine": f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-              "date": time.strftime("%Y-%m-%d")}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-    print(json.dumps(record, indent=2))
+              "own_nmi_labels": own_nmi(result.run_dir), "pretrain_wall_min": round(wall / 60, 1)}
+    append_record(a.out, record)
 
 
 if __name__ == "__main__":

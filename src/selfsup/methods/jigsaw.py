@@ -15,8 +15,11 @@ default is 100).
 Deviations: a ResNet instead of AlexNet; BatchNorm in the head. At CIFAR scale a 32-px view has
 10-px cells and 9-px tiles (the paper's 64/75 ratio), which the encoder shrinks to 2x2 at its last
 stage; at 16 px tiles are 4 px. ``min_tile_size`` upsamples tiles (bilinear) to at least that side
-when tiles are that small. The paper's colour jitter and grayscale conversion against chromatic
-shortcuts are not applied (compose them in the view recipe if needed). The permutation set is built
+when tiles are that small. Against colour shortcuts the paper converts about 30% of its images to
+grayscale; the recipe does too (``views.options.gray_p: 0.3``): on the full CIFAR-10 train split at
+the 30-minute budget it raised kNN top-1 from 32.02 to 33.76 and the linear probe from 39.59 to
+41.37 (random init 29.24 / 34.35). The shift of each tile's colour channels by up to 2 px against
+chromatic aberration is not applied. The permutation set is built
 once in the constructor from ``permutation_seed`` and kept as a buffer, so a checkpoint carries
 the exact labelling.
 """
