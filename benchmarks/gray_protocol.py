@@ -22,19 +22,18 @@ import torch
 from cifar10_knn import RESULTS, append_record, evaluate
 
 from selfsup.config import load_config
-from selfsup.data.color import lab_to_rgb, rgb_to_lab
+from selfsup.data.color import gray_of_lightness
 from selfsup.data.datasets import ArrayDataset
 from selfsup.errors import SelfSupError
 from selfsup.train.checkpoint import load_latest, seed_everything
 from selfsup.train.pretrain import build_method, load_test_data, load_train_data
 
 
-def grey_of_lightness(ds: ArrayDataset, chunk: int = 2000) -> ArrayDataset:
+def grey_dataset(ds: ArrayDataset, chunk: int = 2000) -> ArrayDataset:
     """The data set with every image replaced by the grey image of equal CIE L, as uint8."""
     out = []
     for s in range(0, len(ds.images), chunk):
-        lab = rgb_to_lab(ds.images[s : s + chunk].float() / 255)
-        grey = lab_to_rgb(torch.cat((lab[:, :1], torch.zeros_like(lab[:, 1:])), 1))
+        grey = gray_of_lightness(ds.images[s : s + chunk].float() / 255)
         out.append((grey * 255).round().clamp(0, 255).to(torch.uint8))
     return replace(ds, images=torch.cat(out))
 
@@ -60,7 +59,7 @@ def main() -> None:
     trained.load_state_dict(state["method"])
     seed_everything(cfg.train.seed)
     random_init = build_method(cfg, len(train))
-    sets = {"colour": (train, test), "grey": (grey_of_lightness(train), grey_of_lightness(test))}
+    sets = {"colour": (train, test), "grey": (grey_dataset(train), grey_dataset(test))}
     record = {"run": a.run_dir.name, "method": cfg.method["name"], "checkpoint": path.name}
     for tag, method in (("trained", trained), ("random_init", random_init)):
         for kind, (tr, te) in sets.items():

@@ -26,6 +26,7 @@ from selfsup.errors import SelfSupError
 __all__ = [
     "rgb_to_lab",
     "lab_to_rgb",
+    "gray_of_lightness",
     "ab_bins",
     "encode_ab",
     "decode_ab",
@@ -147,6 +148,13 @@ def lab_to_rgb(lab: Tensor, clamp: bool = True) -> Tensor:
     lin = xyz @ _matrix(lab.dtype, lab.device, inverse=True).T
     rgb = _linear_to_srgb(lin).movedim(-1, 1)
     return rgb.clamp(0.0, 1.0) if clamp else rgb
+
+
+def gray_of_lightness(rgb: Tensor) -> Tensor:
+    """The grey sRGB image ``(B, 3, H, W)`` of the same CIE L as ``rgb`` (a and b set to 0): the
+    input colorization's encoder sees (Zhang et al. 2016, arXiv:1603.08511)."""
+    lab = rgb_to_lab(rgb)
+    return lab_to_rgb(torch.cat((lab[:, :1], torch.zeros_like(lab[:, 1:])), 1))
 
 
 @functools.lru_cache(maxsize=8)

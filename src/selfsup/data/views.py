@@ -22,7 +22,7 @@ from torch import Tensor
 
 from selfsup import dist
 from selfsup.data import augment as A
-from selfsup.data.color import lab_to_rgb, rgb_to_lab
+from selfsup.data.color import gray_of_lightness
 from selfsup.data.datasets import ArrayDataset, ImageFolder
 from selfsup.data.foreground import FILLS, ForegroundMasks, remove_background
 from selfsup.errors import SelfSupError
@@ -88,9 +88,7 @@ class ViewRecipe:
                 source = self.pre(x, index, g) if self.pre is not None and self.pre_each_view else x
                 v = spec(source, g)
                 if spec.split_lightness:
-                    lab = rgb_to_lab(v)
-                    gray = lab_to_rgb(torch.cat((lab[:, :1], torch.zeros_like(lab[:, 1:])), 1))
-                    views += [A.normalize(gray, self.mean, self.std), v]
+                    views += [A.normalize(gray_of_lightness(v), self.mean, self.std), v]
                 else:
                     views.append(A.normalize(v, self.mean, self.std))
         return views

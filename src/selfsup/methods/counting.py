@@ -32,15 +32,15 @@ decay did not prevent that, Adam at lr 1e-4 to 1e-3 did. ``active_counts`` (the 
 count entries above 0) is logged so that a run shows which case it is in.
 
 ``hinge``: with the paper's hinge on the squared norm of the whole count vector (``"vector"``), a
-single count that differs by sqrt(M) between two images satisfies it, and the clipped runs do
-keep only about 1% of the counts active (digits, 6 epochs at lr 0.1 with 128 counts: 0.83%; on
-10,000 CIFAR-10 images 0.1% after 4 epochs). ``"count"`` takes the hinge on each count and both
-terms as means over the counts, the form of a public TensorFlow reimplementation
-(clvrai/Representation-Learning-by-Learning-to-Count), so that every count must tell the two
-images apart: on the same digits run 52% of the counts stay active and kNN ends at 84.4 against
-83.8 (random init 68.5). On the full CIFAR-10 train split at the 30-minute budget
-the two end level (kNN top-1 35.42 with the paper's form, 0.07% of counts active; 35.12 with
-``"count"``, 65% active; random init 29.24), so the recipe keeps the paper's form.
+single count that differs by sqrt(M) between two images satisfies it, and the clipped runs do keep
+only about 1% of the counts active (digits, 6 epochs at lr 0.1 with 128 counts: 0.83%; on 10,000
+CIFAR-10 images 0.1% after 4 epochs). ``"count"`` takes the hinge on each count and both terms as
+means over the counts, the form of a public TensorFlow reimplementation
+(clvrai/Representation-Learning-by-Learning-to-Count), so that every count must tell the two images
+apart: on the same digits run 52% of the counts stay active and kNN ends at 84.4 against 83.8
+(random init 68.5). On the full CIFAR-10 train split at the 30-minute budget the two end level (kNN
+top-1 35.42 with the paper's form, 0.07% of counts active; 35.12 with ``"count"``, 65% active;
+random init 29.24), so the recipe keeps the paper's form.
 
 Paper defaults: AlexNet on 114 px tiles of a 228 px crop (phi's last layer fc 1000 + ReLU), M =
 10. Deviations: a ResNet backbone with an MLP head; with ``views.size`` = 32 the tiles and D(x)
