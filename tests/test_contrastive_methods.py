@@ -18,7 +18,7 @@ from selfsup.data.datasets import ArrayDataset
 from selfsup.data.loader import BatchLoader
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import SelfSupError
-from selfsup.losses import contrastive_loss, info_nce, info_nce_in_batch, invaspread_loss, nt_xent
+from selfsup.losses import contrastive_loss, info_nce, info_nce_in_batch, instdisc_nce_loss, invaspread_loss, nt_xent
 from selfsup.methods import BYOL, CLIP, METHODS, Context, InstDisc, MoCoV1, MoCoV2, MoCoV3, SimCLR
 from selfsup.methods.moco import shuffle_bn_forward
 from selfsup.models import build_backbone, ema_update, momentum_at, momentum_copy
@@ -191,7 +191,7 @@ def test_instdisc_logs_the_current_z_over_the_fixed_one():
 
 def test_instdisc_z_momentum_moves_z_towards_todays_estimate():
     torch.manual_seed(0)
-    method = InstDisc(_tiny_backbone(), dataset_size=50, noise_samples=8, z_momentum=0.9)
+    method = InstDisc(_tiny_backbone(), dataset_size=50, noise_samples=8, z="tracked", z_momentum=0.9)
     x = _views(n=6)[0]
     method([x], torch.arange(6))  # the first step estimates Z, then tracks it (ratio 1 up to noise)
     method.normalization_constant.mul_(1e-3)  # a Z 1000x too small
@@ -204,7 +204,25 @@ def test_instdisc_z_momentum_moves_z_towards_todays_estimate():
         out = method([x], torch.arange(6))
     assert 0.5 < float(out["z_ratio"]) < 2  # tracked: the estimate and Z agree again
     with pytest.raises(SelfSupError, match="z_momentum"):
-        InstDisc(_tiny_backbone(), dataset_size=50, z_momentum=1.5)
+        InstDisc(_tiny_backbone(), dataset_size=50, z="tracked", z_momentum=1.5)
+    with pytest.raises(SelfSupError, match="z must be one of"):
+        InstDisc(_tiny_backbone(), dataset_size=50, z="fixed")
+
+
+def test_instdisc_per_sample_z_scores_each_row_against_its_own_noise():
+    torch.manual_seed(0)
+    method = InstDisc(_tiny_backbone(), dataset_size=50, noise_samples=8, z="per_sample", proximal_lambda=0.0)
+    x, index = _views(n=6)[0], torch.arange(6)
+    bank = method.bank.bank.clone()
+    with torch.no_grad():
+        f = method.embed(x)
+    state = torch.get_rng_state()
+    noise = method.bank.sample((6, 8))
+    torch.set_rng_state(state)  # the step draws the same noise
+    out = method([x], index)
+    expected = instdisc_nce_loss(f, bank, index, noise, method.temperature, normalization_constant=None)
+    assert torch.allclose(out["loss"], expected, atol=1e-5)
+    assert "z_ratio" not in out and float(method.normalization_constant) == 0  # no global Z kept
 
 
 def test_instdisc_bank_init_from_features_fills_every_row_once():

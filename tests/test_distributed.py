@@ -35,7 +35,9 @@ CROSS_BATCH = {
     "moco_v2": HEAD + ["method.negatives=bank"],                             # memory bank written from all ranks
     "moco_v3": HEAD,                                                     # keys from the momentum encoder, gathered
     # NCE noise drawn for the global batch
-    "instdisc": ["method.loss=nce", "method.embedding_dim=16", "method.noise_samples=8"],
+    "instdisc": ["method.loss=nce", "method.embedding_dim=16", "method.noise_samples=8"],  # per-row Z_i
+    "instdisc_tracked": ["method.loss=nce", "method.embedding_dim=16", "method.noise_samples=8",
+                         "method.z=tracked"],                                # Z's estimate: the ranks' mean
     "dim": ["method.feature_dim=32", "method.hidden_dim=32"],               # JSD over gathered local/global pairs
     "dim_infonce": ["method.feature_dim=32", "method.hidden_dim=32", "method.estimator=infonce"],
     "amdim": ["method.feature_dim=32", "method.hidden_dim=32"],
@@ -55,7 +57,7 @@ CROSS_BATCH = {
 
 def _train(rank: int, world: int, case: str):
     torch.set_num_threads(1)
-    recipe = case.split("_")[0] if case in ("simclr_queue", "dim_infonce") else case
+    recipe = case.split("_")[0] if case in ("simclr_queue", "dim_infonce", "instdisc_tracked") else case
     overrides = TINY + CROSS_BATCH[case] + [f"train.batch_size={GLOBAL_BATCH // world}"]
     if recipe in ("moco_v1", "moco_v2"):
         # Shuffle-BN: 4 BatchNorm groups of 4 keys over the global batch, however many processes share it.

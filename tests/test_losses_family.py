@@ -220,7 +220,8 @@ def test_nonparametric_softmax_matches_reference():
     assert got.item() == pytest.approx(ref / 4, abs=ATOL)
 
 
-def test_instdisc_nce_matches_eq_5_6_and_gradcheck():
+@pytest.mark.parametrize("dense", [True, False, None])
+def test_instdisc_nce_matches_eq_5_6_and_gradcheck(dense):
     feats, memory = _randn(3, 4, seed=20), _bank(11, 4, seed=21)
     index = torch.tensor([1, 5, 10])
     noise = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(22))
@@ -233,16 +234,48 @@ def test_instdisc_nce_matches_eq_5_6_and_gradcheck():
         for k in range(m):
             p_neg = math.exp(_dot(mem[int(noise[b, k])], f[b]) / t) / z
             ref -= math.log(1 - p_neg / (p_neg + m / n_data))
-    got = instdisc_nce_loss(feats, memory, index, noise, t, normalization_constant=z)
+    got = instdisc_nce_loss(feats, memory, index, noise, t, normalization_constant=z, dense=dense)
     assert got.item() == pytest.approx(ref / 3, abs=ATOL)
     # Z given as a tensor gives the same value.
     z_tensor = torch.tensor(z, dtype=torch.float64)
-    got_t = instdisc_nce_loss(feats, memory, index, noise, t, normalization_constant=z_tensor)
+    got_t = instdisc_nce_loss(feats, memory, index, noise, t, normalization_constant=z_tensor, dense=dense)
     assert got_t.item() == pytest.approx(got.item(), abs=1e-10)
     assert torch.autograd.gradcheck(
-        lambda x: instdisc_nce_loss(x, memory, index, noise, t, normalization_constant=z),
+        lambda x: instdisc_nce_loss(x, memory, index, noise, t, normalization_constant=z, dense=dense),
         (feats.clone().requires_grad_(),),
     )
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_instdisc_nce_per_sample_z_matches_reference(dense):
+    """normalization_constant=None: each row's Z_i = n/m sum_k exp(s_k) from its own noise draws
+    (eq. 8's Z_i), held fixed in the gradient (detached), as a loop computes it."""
+    feats, memory = _randn(3, 4, seed=24), _bank(11, 4, seed=25)
+    index = torch.tensor([2, 2, 9])
+    noise = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(26))
+    t, n_data, m = 0.3, 11, 6
+
+    def reference(x):
+        f = F.normalize(x, dim=1)
+        total = x.new_zeros(())
+        for b in range(3):
+            s_noise = [f[b] @ memory[int(j)] / t for j in noise[b]]
+            z_b = n_data / m * sum(math.exp(v.detach().item()) for v in s_noise)  # a number: no gradient
+            p_pos = torch.exp(f[b] @ memory[int(index[b])] / t) / z_b
+            total = total - torch.log(p_pos / (p_pos + m / n_data))
+            for v in s_noise:
+                p_neg = torch.exp(v) / z_b
+                total = total - torch.log(1 - p_neg / (p_neg + m / n_data))
+        return total / 3
+
+    x_ref = feats.clone().requires_grad_()
+    ref = reference(x_ref)
+    ref.backward()
+    x = feats.clone().requires_grad_()
+    got = instdisc_nce_loss(x, memory, index, noise, t, normalization_constant=None, dense=dense)
+    got.backward()
+    assert got.item() == pytest.approx(ref.item(), abs=ATOL)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-10, rtol=1e-8)
 
 
 def test_nce_normalizer_and_proximal_term_match_reference():

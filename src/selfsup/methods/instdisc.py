@@ -4,12 +4,10 @@ Feature Learning via Non-Parametric Instance Discrimination", arXiv 1805.01978).
 Every image is its own class. The network maps an augmented image to a 128-d unit vector f_i; a
 memory bank V holds one unit vector per image and stands in for the classifier weights, so the
 probability of instance i is exp(v_i.f / tau) / Z (Eq. 2-3, non-parametric softmax). NCE
-approximates it with m noise rows drawn uniformly from the bank (Eq. 4-6); Z is estimated once by
-Monte Carlo on the first iteration (Eq. 8) and then kept (``z_momentum=1``; below 1 it tracks its
-estimate, see below), as a buffer so that a resumed run keeps it too. The proximal term
-lambda ||f_i - v_i||^2 (Eq. 10, v_i being the bank row before this step's update) damps the
-oscillation of rows that are visited once per epoch. After each step the
-bank rows of the batch become normalize(0.5 v_i + 0.5 f_i).
+approximates it with m noise rows drawn uniformly from the bank (Eq. 4-6), each scored against the
+threshold log(Z m P_n). The proximal term lambda ||f_i - v_i||^2 (Eq. 10, v_i being the bank row
+before this step's update) damps the oscillation of rows that are visited once per epoch. After
+each step the bank rows of the batch become normalize(0.5 v_i + 0.5 f_i).
 
 Paper defaults: 128-d, tau 0.07, bank momentum 0.5, m = 4096 noise samples, SGD lr 0.03 x B/256,
 weight decay 5e-4, 200 epochs. ``loss="softmax"`` uses the full non-parametric softmax over the
@@ -17,45 +15,46 @@ bank instead of NCE (the paper does so on CIFAR-10, where n = 50000 rows are aff
 ``proximal_lambda`` defaults to the paper's 30; the authors' released code has no proximal term,
 so set 0 to match it. m stays 4096 at CIFAR scale, where the bank holds 50000 rows; with fewer
 images (the digits tests), pass a smaller ``noise_samples``. One augmented view per image
-(``views.options.num_views: 1``); a second view, if given, is ignored.
+(``views.options.num_views: 1``); a second view, if given, is ignored. Where the bank has at most
+``DENSE_BANK_FACTOR`` x m rows, the noise scores come out of one product with the whole bank (the
+same loss, 6.4x faster than gathering B x m rows at n = 50,000; benchmarks/nce_scores.py).
 
-Why NCE with the paper's Z fails at our budgets, and ``z_momentum``. Z is estimated once, at the
-first step, against the random bank. Untrained embeddings are nearly parallel, so once the bank
-holds them the true n E_j[exp(v_j.f / tau)] is hundreds to thousands of times larger (``z_ratio``,
-logged: today's estimate over the Z in use). Every noise row above cosine ~0.5 is then scored as
-far too probable, the noise term dominates and the positive term saturates. Measured:
-- digits (16 px, width 1/8, m = 512, batch 64, 20 epochs; kNN k = 20, random init 68.5): kNN 82.2
-  after 5 epochs, then 24.5 and 13.4 (collapse) as z_ratio grows into the thousands;
-- CIFAR-10, the full train split (m Pn = 4096 / 50,000 = 0.08, the paper's regime, so the small
-  bank of our earlier 10,000-image runs, m Pn = 0.41, was not the cause), 30-minute budget, 7
-  epochs: z_ratio 340 after epoch 1, 4,000-6,000 by the end, NCE loss rising 200 -> 1,000 per
-  sample; kNN (k = 200, T = 0.1) 21.83 against 29.24 at random init.
-``z_momentum`` < 1 (not in the paper) keeps Z tracking its Monte-Carlo estimate, Z <- m Z + (1 - m)
-Z_t, with Z_t from 64 noise draws per row (the draws already taken for ``z_ratio``), before each
-step's loss. With 0.99 the digits run above learns steadily instead (kNN 69.4, 76.3, 78.3, 78.8
-after epochs 5-20; z_ratio settles near 1.3); 0.9 ends at 69.9 and 0.999 at 18.1 (over these
-440 steps Z lags as a fixed one does), so the CIFAR recipe sets 0.99 for ``loss="nce"``. On
-CIFAR-10 at the same 30-minute budget it is above random init, but only just: kNN 31.05 (+1.81),
-linear 36.38 (+2.03). Its log says why: z_ratio falls to 1.03, but the NCE loss settles at 9.19,
-next to the 9.32 = log(m + 1) + m log(1 + 1/m) of a collapsed embedding (every score equal), and
-the proximal term falls to 0.24. Tracking Z removes the blow-up; NCE then drifts towards that
-stationary point instead of learning (the tracked Z / n says the mean noise cosine is 0.99 by
-then). The authors' release (lemniscate) fixes Z once, as the paper does, and trains 200 epochs;
-its CIFAR script defaults to the softmax (``--nce-k 0``), with tau 0.1, no proximal term and lr
-0.03 at batch 128. Its settings do not rescue NCE on the digits run above (20 epochs; kNN at the
-end): with Z tracked, dropping the proximal term gives 49.9 and tau 0.1 with it 51.0 (78.8 with
-both); with Z fixed, tau 0.1 and no proximal term 46.0, and with also the authors' lr (0.03 at
-batch 128) and the standard ResNet init (``model.zero_init_residual=false``, whose random init
-alone scores 89.1 there) 64.6. So the paper's proximal term helps here, and the recipe keeps it.
+Z, three ways (``z``). ``"once"`` is the paper's: estimated by Monte Carlo on the first iteration
+(Eq. 8) and kept, as a buffer so that a resumed run keeps it too. ``"tracked"`` (not in the paper)
+moves it towards each step's estimate, Z <- m Z + (1 - m) Z_t with ``z_momentum`` m.
+``"per_sample"`` (not in the paper) uses each row's own Z_i = (n/m) sum_k exp(v_jk.f_i / tau) from
+its m noise draws, detached: Eq. 8 before the paper replaces every Z_i by one constant. Why the
+constant fails at our budgets: a Z below the rows' own Z_i weighs the noise term over the positive
+by their ratio (``z_ratio``, logged: today's estimate over the Z in use). The paper's Z is taken
+against the random bank; once the bank holds the network's features, whose cosines are high early
+in training, it is hundreds to thousands of times too small. SGD then lowers the noise term most
+cheaply by carrying every feature away from where the bank last saw it: the embedding chases its
+own stale bank instead of spreading. Measured on 10,000 CIFAR-10 images, 4 epochs, width 0.25
+(same seed; kNN k = 200, random init 26.41), next to the softmax:
+- ``once``: z_ratio 848 after epoch 1, 14,835 after epoch 4; the proximal term stays near 60, so
+  ||f_i - v_i||^2 ~ 2 (an image's feature orthogonal to its own bank row an epoch later, where
+  the softmax's falls to 0.07 by epoch 4); kNN 20.80;
+- ``tracked`` (0.99): Z lags as the bank concentrates (z_ratio still 3-5 in epochs 3-4); 26.62;
+- ``per_sample``: no lag; its NCE loss follows the softmax's loss within 1.2% every epoch (9.41
+  against 9.30 after epoch 4): with Z_i the noise weights of a row sum to about 1 against the
+  positive's 1, as in the softmax's gradient; kNN 28.48 against the softmax's 29.95 (tau 0.1:
+  29.56; no proximal term: 28.03).
+On the full train split at the 30-minute budget (width 0.25, random init 29.24 kNN), on a 2-core
+EPYC with bf16, ``once`` ended at 21.83 and ``tracked`` at 31.05; on a 2-core EPYC with AVX2 only
+(fp32), two rows side by side, ``per_sample`` reached 34.94 kNN (+5.70) / 39.99 linear (+5.50) in
+6.4 epochs, level with the softmax's 34.70 / 39.49 in 6.0 epochs beside it. On the digits (16 px,
+width 1/8, m = 512, batch 64, 20 epochs, k = 20, random init 68.5; AVX2, fp32) ``once`` ends at
+48.5, ``tracked`` 64.6, ``per_sample`` 77.7 and the softmax 79.7. The recipe's ``loss: nce``
+therefore uses ``per_sample``; ``z: once`` runs the paper's. The authors' release (lemniscate) fixes Z once, as
+the paper does, and trains 200 epochs of full-width networks, which we have not run; its CIFAR
+script defaults to the softmax (``--nce-k 0``), with tau 0.1, no proximal term and lr 0.03 at
+batch 128. On the digits, with the older tracked Z, the proximal term helped (78.8 with it, 49.9
+without), so the recipe keeps it.
 
 ``bank_init="features"`` (not in the paper, whose bank starts as random unit vectors) fills the
 bank with the untrained network's embeddings of the unaugmented images before the first step, so
-that the first step's estimate of Z is taken against real features (Z/n 2275 against 1.66 on the
-digits). On the digits it learned (67 -> 86 in 20 epochs, m = 512), but NCE from it was sensitive
-to the lr (4 x the lr, or LARS at 1.0, peaked after one epoch and fell below random init), and on
-10,000 CIFAR-10 images it ended below random init after 4 epochs; the softmax learned there
-(+3.95 kNN in 4 epochs), which is why the CIFAR recipe uses the softmax. The paper trains
-full-width networks for 200 epochs, which we have not run.
+that a first-step Z is taken against real features (Z/n 2275 against 1.66 on the digits); on
+10,000 CIFAR-10 images with ``z: once`` it still ended below random init after 4 epochs.
 """
 
 from __future__ import annotations
@@ -67,6 +66,7 @@ from torch import Tensor, nn
 from selfsup import dist
 from selfsup.errors import SelfSupError
 from selfsup.losses import (
+    DENSE_BANK_FACTOR,
     estimate_nce_normalizer,
     instdisc_nce_loss,
     nonparametric_softmax_loss,
@@ -75,12 +75,14 @@ from selfsup.losses import (
 from selfsup.methods.base import Context, Method
 from selfsup.negatives import MemoryBank
 
+Z_ESTIMATES = ("once", "tracked", "per_sample")
+
 
 class InstDisc(Method):
     def __init__(self, backbone: nn.Module, embedding_dim: int = 128, temperature: float = 0.07,
                  loss: str = "nce", noise_samples: int = 4096, bank_momentum: float = 0.5,
-                 proximal_lambda: float = 30.0, bank_init: str = "random", z_momentum: float = 1.0,
-                 dataset_size: int = 0):
+                 proximal_lambda: float = 30.0, bank_init: str = "random", z: str = "once",
+                 z_momentum: float = 0.99, dataset_size: int = 0):
         super().__init__(backbone)
         if loss not in ("nce", "softmax"):
             raise SelfSupError(f"InstDisc loss must be 'nce' or 'softmax', got {loss!r}")
@@ -89,8 +91,10 @@ class InstDisc(Method):
                                "fills it in; pass dataset_size=len(dataset) when building the method by hand)")
         if loss == "nce" and not 1 <= noise_samples:
             raise SelfSupError(f"noise_samples must be >= 1, got {noise_samples}")
-        if not 0 <= z_momentum <= 1:
-            raise SelfSupError(f"z_momentum must be in [0, 1] (1: Z estimated once, the paper), got {z_momentum}")
+        if z not in Z_ESTIMATES:
+            raise SelfSupError(f"z must be one of {', '.join(Z_ESTIMATES)} ('once': the paper), got {z!r}")
+        if not 0 <= z_momentum < 1:
+            raise SelfSupError(f"z_momentum must be in [0, 1) (it is used by z='tracked'), got {z_momentum}")
         if bank_init not in ("random", "features"):
             raise SelfSupError(f"bank_init must be 'random' (the paper) or 'features', got {bank_init!r}")
         self.embedding = nn.Linear(backbone.out_dim, embedding_dim)
@@ -99,7 +103,7 @@ class InstDisc(Method):
         # Whether the bank still waits for bank_init="features"; a buffer, so a resumed run does not refill it.
         self.register_buffer("bank_pending", torch.tensor(bank_init == "features"))
         self.temperature, self.loss, self.noise_samples = temperature, loss, noise_samples
-        self.proximal_lambda, self.z_momentum = proximal_lambda, z_momentum
+        self.proximal_lambda, self.z, self.z_momentum = proximal_lambda, z, z_momentum
 
     def embed(self, x: Tensor) -> Tensor:
         return F.normalize(self.embedding(self.backbone(x)), dim=1)
@@ -149,15 +153,21 @@ class InstDisc(Method):
             main = nonparametric_softmax_loss(f, self.bank.negatives(), index, self.temperature)
         else:
             noise = dist.shard(self.bank.sample((f.shape[0] * dist.world_size(), self.noise_samples)))
-            if float(self.normalization_constant) <= 0:
-                self.normalization_constant.copy_(dist.all_reduce_mean(self.estimate_z(f.detach(), memory, noise)))
-            ratio = self.z_ratio(f.detach(), memory, noise)
-            out["z_ratio"] = ratio  # before tracking: how far off the Z of the last step was
-            if self.training and self.z_momentum < 1:  # the paper's fixed Z needs no collective here
-                self.track_z(dist.all_reduce_mean(ratio))
-            main = instdisc_nce_loss(f, memory, index, noise, self.temperature,
-                                     normalization_constant=self.normalization_constant)
-            out["normalization_constant"] = self.normalization_constant.clone()
+            z = None  # z="per_sample": each row's Z_i from its own noise draws, inside the loss
+            if self.z != "per_sample":
+                if float(self.normalization_constant) <= 0:
+                    self.normalization_constant.copy_(dist.all_reduce_mean(self.estimate_z(f.detach(), memory, noise)))
+                ratio = self.z_ratio(f.detach(), memory, noise)
+                out["z_ratio"] = ratio  # before tracking: how far off the Z of the last step was
+                if self.training and self.z == "tracked":  # the paper's fixed Z needs no collective here
+                    self.track_z(dist.all_reduce_mean(ratio))
+                z = self.normalization_constant
+                out["normalization_constant"] = z.clone()
+            # Scored against the whole bank where that is cheaper (the loss's rule), from a snapshot,
+            # since the product's backward needs the rows that the bank update below writes.
+            dense = memory.shape[0] <= DENSE_BANK_FACTOR * self.noise_samples
+            main = instdisc_nce_loss(f, self.bank.negatives() if dense else memory, index, noise, self.temperature,
+                                     normalization_constant=z, dense=dense)
         out[self.loss] = main.detach()
         loss = main
         if self.proximal_lambda > 0:
