@@ -45,9 +45,9 @@ EPYC with bf16, ``once`` ended at 21.83 and ``tracked`` at 31.05; on a 2-core EP
 6.4 epochs, level with the softmax's 34.70 / 39.49 in 6.0 epochs beside it. On the digits (16 px,
 width 1/8, m = 512, batch 64, 20 epochs, k = 20, random init 68.5; AVX2, fp32) ``once`` ends at
 48.5, ``tracked`` 64.6, ``per_sample`` 77.7 and the softmax 79.7. The recipe's ``loss: nce``
-therefore uses ``per_sample``; ``z: once`` runs the paper's. The authors' release (lemniscate) fixes Z once, as
-the paper does, and trains 200 epochs of full-width networks, which we have not run; its CIFAR
-script defaults to the softmax (``--nce-k 0``), with tau 0.1, no proximal term and lr 0.03 at
+therefore uses ``per_sample``; ``z: once`` runs the paper's. The authors' release (lemniscate) fixes
+Z once, as the paper does, and trains 200 epochs of full-width networks, which we have not run; its
+CIFAR script defaults to the softmax (``--nce-k 0``), with tau 0.1, no proximal term and lr 0.03 at
 batch 128. On the digits, with the older tracked Z, the proximal term helped (78.8 with it, 49.9
 without), so the recipe keeps it.
 
