@@ -129,7 +129,9 @@ def instdisc_nce_loss(
             code does. ``None`` (default): dense when N <= DENSE_BANK_FACTOR * m. The gathered
             copy is B m D floats (512 MB at B = 256, m = 4,096, D = 128) and costs more than the
             product with a bank of up to ~70 m rows: 6.4x at N = 50,000, 1.8x at 200,000 and 0.9x
-            at 400,000 (forward and backward, benchmarks/nce_scores.py, one core).
+            at 400,000 (forward and backward, benchmarks/nce_scores.py, one core). The product's
+            backward reads ``memory``: a caller that writes the bank in place before the backward
+            passes a copy (as InstDisc does).
     """
     _check_matrix(features, "features")
     _check_matrix(memory, "memory")
@@ -151,7 +153,9 @@ def instdisc_nce_loss(
 
     f = F.normalize(features, dim=1)
     noise_index = noise_index.long()
-    if dense if dense is not None else n_data <= DENSE_BANK_FACTOR * n_noise:
+    if dense is None:
+        dense = n_data <= DENSE_BANK_FACTOR * n_noise
+    if dense:
         scores = f @ memory.T
         s_data = scores.gather(1, index[:, None]).squeeze(1) / t
         s_noise = scores.gather(1, noise_index) / t
