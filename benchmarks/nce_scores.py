@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from throughput import cpu_name
 
-from selfsup.losses import DENSE_BANK_FACTOR, instdisc_nce_loss
+from selfsup.losses import instdisc_nce_loss, nce_scores_dense
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,7 +64,7 @@ def main() -> None:
         row = {"bank": n, "noise": args.noise, "batch_size": args.batch_size, "dim": args.dim,
                "gathered_ms": round(gathered * 1e3, 1), "dense_ms": round(dense * 1e3, 1),
                "gathered_over_dense": round(gathered / dense, 2),
-               "dense_by_default": n <= DENSE_BANK_FACTOR * args.noise,
+               "dense_by_default": nce_scores_dense(n, args.noise),
                "machine": f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
                "date": time.strftime("%Y-%m-%d")}
         rows.append(row)

@@ -8,9 +8,9 @@ from selfsup.losses.dim import amdim_loss, dim_local_loss
 from selfsup.losses.infonce import clip_loss, info_nce, info_nce_in_batch
 from selfsup.losses.inpainting import inpainting_loss, inpainting_weights
 from selfsup.losses.instdisc import (
-    DENSE_BANK_FACTOR,
     estimate_nce_normalizer,
     instdisc_nce_loss,
+    nce_scores_dense,
     nonparametric_softmax_loss,
     proximal_term,
 )
@@ -21,9 +21,9 @@ from selfsup.losses.swav import swav_loss
 from selfsup.losses.triplet import triplet_loss
 
 __all__ = [
-    "DENSE_BANK_FACTOR", "CountingTerms", "ReLICTerms", "amdim_loss", "byol_loss", "clip_loss", "colorization_loss",
-    "contrastive_loss", "counting_loss", "counting_loss_terms", "dim_local_loss", "estimate_nce_normalizer", "info_nce",
+    "CountingTerms", "ReLICTerms", "amdim_loss", "byol_loss", "clip_loss", "colorization_loss", "contrastive_loss",
+    "counting_loss", "counting_loss_terms", "dim_local_loss", "estimate_nce_normalizer", "info_nce",
     "info_nce_in_batch", "inpainting_loss", "inpainting_weights", "instdisc_nce_loss", "invaspread_loss",
-    "nonparametric_softmax_loss", "nt_xent", "pcl_concentration", "proto_nce_loss", "proximal_term", "relic_loss",
-    "relic_loss_terms", "swav_loss", "triplet_loss",
+    "nce_scores_dense", "nonparametric_softmax_loss", "nt_xent", "pcl_concentration", "proto_nce_loss", "proximal_term",
+    "relic_loss", "relic_loss_terms", "swav_loss", "triplet_loss",
 ]

@@ -31,7 +31,14 @@ from selfsup.losses.precision import fp32
 # per noise draw; above ~70, gathering each sample's m rows is cheaper (benchmarks/nce_scores.py).
 DENSE_BANK_FACTOR = 64
 
+
+def nce_scores_dense(bank_rows: int, noise_samples: int) -> bool:
+    """Whether :func:`instdisc_nce_loss` by default scores against the whole bank (its ``dense``)."""
+    return bank_rows <= DENSE_BANK_FACTOR * noise_samples
+
+
 __all__ = [
+    "nce_scores_dense",
     "nonparametric_softmax_loss",
     "instdisc_nce_loss",
     "estimate_nce_normalizer",
@@ -126,9 +133,9 @@ def instdisc_nce_loss(
         dense: how the scores are computed; the loss is the same either way. ``True``: one (B, N)
             product with the whole bank, then the m noise scores of each row are picked out of it;
             ``False``: the m rows of each sample are gathered, (B, m, D), and scored, as the authors'
-            code does. ``None`` (default): dense when N <= DENSE_BANK_FACTOR * m. The gathered
-            copy is B m D floats (512 MB at B = 256, m = 4,096, D = 128) and costs more than the
-            product with a bank of up to ~70 m rows: 6.4x at N = 50,000, 1.8x at 200,000 and 0.9x
+            code does. ``None`` (default): dense when N <= DENSE_BANK_FACTOR * m
+            (:func:`nce_scores_dense`). The gathered copy is B m D floats (512 MB at B = 256,
+            m = 4,096, D = 128) and costs more than the product with a bank of up to ~70 m rows: 6.4x at N = 50,000, 1.8x at 200,000 and 0.9x
             at 400,000 (forward and backward, benchmarks/nce_scores.py, one core). The product's
             backward reads ``memory``: a caller that writes the bank in place before the backward
             passes a copy (as InstDisc does).
@@ -154,7 +161,7 @@ def instdisc_nce_loss(
     f = F.normalize(features, dim=1)
     noise_index = noise_index.long()
     if dense is None:
-        dense = n_data <= DENSE_BANK_FACTOR * n_noise
+        dense = nce_scores_dense(n_data, n_noise)
     if dense:
         scores = f @ memory.T
         s_data = scores.gather(1, index[:, None]).squeeze(1) / t

@@ -10,13 +10,13 @@ before this step's update) damps the oscillation of rows that are visited once p
 each step the bank rows of the batch become normalize(0.5 v_i + 0.5 f_i).
 
 Paper defaults: 128-d, tau 0.07, bank momentum 0.5, m = 4096 noise samples, SGD lr 0.03 x B/256,
-weight decay 5e-4, 200 epochs. ``loss="softmax"`` uses the full non-parametric softmax over the
-bank instead of NCE (the paper does so on CIFAR-10, where n = 50000 rows are affordable).
-``proximal_lambda`` defaults to the paper's 30; the authors' released code has no proximal term,
-so set 0 to match it. m stays 4096 at CIFAR scale, where the bank holds 50000 rows; with fewer
-images (the digits tests), pass a smaller ``noise_samples``. One augmented view per image
+weight decay 5e-4, 200 epochs. ``loss="softmax"`` uses the full non-parametric softmax over the bank
+instead of NCE (the paper does so on CIFAR-10, where n = 50000 rows are affordable).
+``proximal_lambda`` defaults to the paper's 30; the authors' released code has no proximal term, so
+set 0 to match it. m stays 4096 at CIFAR scale, where the bank holds 50000 rows; with fewer images
+(the digits tests), pass a smaller ``noise_samples``. One augmented view per image
 (``views.options.num_views: 1``); a second view, if given, is ignored. Where the bank has at most
-``DENSE_BANK_FACTOR`` x m rows, the noise scores come out of one product with the whole bank (the
+64 x m rows (``nce_scores_dense``), the noise scores come out of one product with the whole bank (the
 same loss, 6.4x faster than gathering B x m rows at n = 50,000; benchmarks/nce_scores.py).
 
 Z, three ways (``z``). ``"once"`` is the paper's: estimated by Monte Carlo on the first iteration
@@ -66,9 +66,9 @@ from torch import Tensor, nn
 from selfsup import dist
 from selfsup.errors import SelfSupError
 from selfsup.losses import (
-    DENSE_BANK_FACTOR,
     estimate_nce_normalizer,
     instdisc_nce_loss,
+    nce_scores_dense,
     nonparametric_softmax_loss,
     proximal_term,
 )
@@ -165,7 +165,7 @@ class InstDisc(Method):
                 out["normalization_constant"] = z.clone()
             # Scored against the whole bank where that is cheaper (the loss's rule), from a snapshot,
             # since the product's backward needs the rows that the bank update below writes.
-            dense = memory.shape[0] <= DENSE_BANK_FACTOR * self.noise_samples
+            dense = nce_scores_dense(memory.shape[0], self.noise_samples)
             main = instdisc_nce_loss(f, self.bank.negatives() if dense else memory, index, noise, self.temperature,
                                      normalization_constant=z, dense=dense)
         out[self.loss] = main.detach()
