@@ -132,13 +132,13 @@ def instdisc_nce_loss(
             :math:`\log P(j \mid v) - \log(m P_n) = s_j - \log\sum_k e^{s_k}`: n drops out.
         dense: how the scores are computed; the loss is the same either way. ``True``: one (B, N)
             product with the whole bank, then the m noise scores of each row are picked out of it;
-            ``False``: the m rows of each sample are gathered, (B, m, D), and scored, as the authors'
-            code does. ``None`` (default): dense when N <= DENSE_BANK_FACTOR * m
-            (:func:`nce_scores_dense`). The gathered copy is B m D floats (512 MB at B = 256,
-            m = 4,096, D = 128) and costs more than the product with a bank of up to ~70 m rows: 6.4x at N = 50,000, 1.8x at 200,000 and 0.9x
-            at 400,000 (forward and backward, benchmarks/nce_scores.py, one core). The product's
-            backward reads ``memory``: a caller that writes the bank in place before the backward
-            passes a copy (as InstDisc does).
+            ``False``: the m rows of each sample are gathered, (B, m, D), and scored, as the
+            authors' code does. ``None`` (default): dense when N <= DENSE_BANK_FACTOR * m
+            (:func:`nce_scores_dense`). The gathered copy is B m D floats (512 MB at B = 256, m =
+            4,096, D = 128) and costs more than the product with a bank of up to ~70 m rows: 6.4x at
+            N = 50,000, 1.8x at 200,000 and 0.9x at 400,000 (forward and backward,
+            benchmarks/nce_scores.py, one core). The product's backward reads ``memory``: a caller
+            that writes the bank in place before the backward passes a copy (as InstDisc does).
     """
     _check_matrix(features, "features")
     _check_matrix(memory, "memory")
